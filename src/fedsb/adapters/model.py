@@ -1,0 +1,154 @@
+"""Inject adapters into any Hugging Face model and read/write their state under strict names.
+
+State names follow PEFT's layout: ``<module>.lora_A.weight`` (r x d_in), ``<module>.lora_B.weight``
+(d_out x r), plus ``<module>.lora_R.weight`` (r x r) for LoRA-SB, and ``<head>.<param>`` for a trainable
+task head (``modules_to_save`` in PEFT's terms).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import Tensor, nn
+from transformers.pytorch_utils import Conv1D
+
+from fedsb.adapters.layer import AdapterLayer, AdapterMode, lora_a_init
+from fedsb.errors import FedsbError
+
+
+def _matches(name: str, targets: Iterable[str]) -> bool:
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """Suffixes a user may pass as targets: the last component of every linear-like module name."""
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))})
+
+
+class AdaptedModel(nn.Module):
+    """A Hugging Face model whose target linear layers carry adapters; only adapters and head train."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        targets: Iterable[str],
+        mode: AdapterMode,
+        rank: int,
+        alpha: float | None = None,
+        head: Iterable[str] = (),
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.mode: AdapterMode = mode
+        self.rank = rank
+        self.alpha = float(alpha if alpha is not None else rank)
+        self.targets = list(targets)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.layers: dict[str, AdapterLayer] = {}
+        candidates = [
+            (n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D)) and _matches(n, self.targets)
+        ]
+        head_names = list(head)
+        candidates = [(n, m) for n, m in candidates if not _matches(n, head_names)]
+        if not candidates:
+            raise FedsbError(
+                f"target modules {self.targets} match no linear layer in the model; "
+                f"set model.targets to some of: {', '.join(linear_module_names(model))}"
+            )
+        for name, module in candidates:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            try:
+                layer = AdapterLayer(module, mode, rank, self.alpha)
+            except ValueError as e:
+                raise FedsbError(f"cannot adapt {name}: {e}; lower adapter.rank") from None
+            setattr(parent, child, layer)
+            self.layers[name] = layer
+        self.head_modules: dict[str, nn.Module] = {}
+        for h in head_names:
+            found = [(n, m) for n, m in model.named_modules() if n and _matches(n, [h])]
+            if not found:
+                raise FedsbError(f"head module {h!r} not found in the model; set model.head to an existing module or []")
+            for n, m in found:
+                self.head_modules[n] = m
+                for p in m.parameters():
+                    p.requires_grad_(True)
+
+    # --- forward ------------------------------------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    # --- names and state ----------------------------------------------------------------------------
+    def head_state_names(self) -> list[str]:
+        return [f"{n}.{p}" for n, m in self.head_modules.items() for p, _ in m.named_parameters()]
+
+    def adapter_state_names(self) -> list[str]:
+        return [f"{n}.{p}" for n, layer in self.layers.items() for p in layer.adapter_names()]
+
+    def trainable_state_names(self) -> list[str]:
+        names = [f"{n}.{p}" for n, layer in self.layers.items() for p in layer.trainable_names()]
+        return names + self.head_state_names()
+
+    def _tensor(self, name: str) -> Tensor:
+        return self.model.get_parameter(name)
+
+    def get_state(self, names: Iterable[str] | None = None) -> dict[str, Tensor]:
+        """Detached float32 copies of adapter/head tensors (all of them by default)."""
+        if names is None:
+            names = self.adapter_state_names() + self.head_state_names()
+        return {n: self._tensor(n).detach().to(torch.float32).clone() for n in names}
+
+    def set_state(self, state: dict[str, Tensor]) -> None:
+        """Copy tensors in by name; unknown names are an error (strict, like PEFT)."""
+        known = set(self.adapter_state_names()) | set(self.head_state_names())
+        unknown = sorted(set(state) - known)
+        if unknown:
+            raise KeyError(f"unknown adapter state names: {unknown[:5]}")
+        with torch.no_grad():
+            for n, t in state.items():
+                p = self._tensor(n)
+                if tuple(p.shape) != tuple(t.shape):
+                    raise ValueError(f"{n}: shape {tuple(t.shape)} != expected {tuple(p.shape)}")
+                p.copy_(t.to(p.dtype))
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: tuple(self._tensor(n).shape) for n in self.adapter_state_names() + self.head_state_names()}
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        for n in self.trainable_state_names():
+            yield self._tensor(n)
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        for n in self.head_state_names():
+            yield self._tensor(n)
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    # --- initialisation ---------------------------------------------------------------------------
+    def init_lora(self, seed: int) -> None:
+        """Standard LoRA init from a shared seed: A kaiming-uniform (per layer, deterministic), B = 0."""
+        with torch.no_grad():
+            for i, layer in enumerate(self.layers.values()):
+                g = torch.Generator().manual_seed(seed * 100_003 + i)
+                layer.lora_A.weight.copy_(lora_a_init(layer.d_in, layer.rank, g))
+                layer.lora_B.weight.zero_()
+
+    def set_adapters_enabled(self, on: bool) -> None:
+        for layer in self.layers.values():
+            layer.adapter_enabled = on
+
+    def residual_state(self) -> dict[str, Tensor]:
+        """Dense float32 residuals folded into frozen weights (FedEx-LoRA, FLoRA), by layer name."""
+        return {f"{n}.residual": layer.residual.clone() for n, layer in self.layers.items() if layer.residual is not None}
+
+    def set_residual_state(self, state: dict[str, Tensor]) -> None:
+        for n, layer in self.layers.items():
+            t = state.get(f"{n}.residual")
+            layer.residual = None if t is None else t.detach().to(torch.float32).clone()
+
+    def delta_weights(self) -> dict[str, Tensor]:
+        """Per adapted layer, everything added to W0 (residual + adapter product), float32, d_out x d_in."""
+        return {n: layer.delta_weight().detach() for n, layer in self.layers.items()}

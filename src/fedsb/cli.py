@@ -1,0 +1,141 @@
+"""The ``fedsb`` command line: argument parsing, dispatch, and one-line errors (no traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from fedsb.errors import FedsbError, UsageError
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+RUN_FLAGS = ("--overwrite", "--no-progress", "--debug")
+
+
+def split_run_args(tokens: list[str]) -> tuple[str | None, set[str], list[tuple[str, str]]]:
+    """``fedsb run`` arguments: an optional config path, boolean flags, and ``--key value`` overrides.
+
+    Parsed by hand because argparse would take an override's value for the positional config path.
+    """
+    config: str | None = None
+    flags = {t for t in tokens if t in RUN_FLAGS}
+    rest = [t for t in tokens if t not in RUN_FLAGS]
+    if rest and not rest[0].startswith("--"):
+        config, rest = rest[0], rest[1:]
+    return config, flags, parse_overrides(rest)
+
+
+def parse_overrides(extra: list[str]) -> list[tuple[str, str]]:
+    """``--key value`` / ``--key=value`` pairs."""
+    pairs: list[tuple[str, str]] = []
+    i = 0
+    while i < len(extra):
+        tok = extra[i]
+        if not tok.startswith("--") or len(tok) < 3:
+            raise UsageError(f"unexpected argument {tok!r}; overrides look like --rank 8 or --dp.epsilon=1")
+        key = tok[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+        else:
+            if i + 1 >= len(extra) or extra[i + 1].startswith("--"):
+                raise UsageError(f"override --{key} needs a value, e.g. --{key} VALUE")
+            value = extra[i + 1]
+            i += 1
+        pairs.append((key, value))
+        i += 1
+    return pairs
+
+
+def quiet_libraries() -> None:
+    """Silence load reports and download bars of transformers/datasets; fedsb prints its own progress."""
+    import logging
+    import warnings
+
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("flwr_datasets").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedsb", description="Federated LoRA-SB (Fed-SB) fine-tuning and baselines.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    r = sub.add_parser("run", help="run a federated job in the in-process simulator",
+                       description="Run a federated job. Any config key can be overridden: --rank 8, --method fedit, "
+                                   "--clients 5, --rounds 3, --out DIR, --federation.partition iid, --dp.epsilon 1.")
+    r.add_argument("config", nargs="?", help="TOML config file (default: the embedded quickstart)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--KEY", metavar="VALUE", help="override any config key (section.key), e.g. --rank 8 --dp.epsilon 1")
+    sub.add_parser("methods", help="list the federated methods")
+    e = sub.add_parser("export", help="export a run's adapter as a merged model and/or a PEFT adapter")
+    e.add_argument("run_dir")
+    e.add_argument("--merged", help="output directory for the merged model (safetensors)")
+    e.add_argument("--peft", help="output directory for a PEFT LoRA adapter")
+    sub.add_parser("presets", help="list the config presets")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+    quiet_libraries()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    parser = build_parser()
+    try:
+        if argv and argv[0] == "run" and not ({"-h", "--help"} & set(argv)):
+            from fedsb.commands.run import run
+            from fedsb.config import resolve
+            from fedsb.presets import load_presets
+
+            config, flags, overrides = split_run_args(argv[1:])
+            cfg = resolve(config, overrides, load_presets())
+            run(cfg, overwrite="--overwrite" in flags, progress="--no-progress" not in flags)
+            return 0
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            raise UsageError(f"unrecognised arguments: {' '.join(extra)}")
+        if args.command == "methods":
+            from fedsb.commands.methods import methods
+
+            methods()
+        elif args.command == "export":
+            from fedsb.commands.export import export
+
+            export(args.run_dir, args.merged, args.peft)
+        elif args.command == "presets":
+            from fedsb.presets import load_presets
+
+            for name, data in sorted(load_presets().items()):
+                print(f"{name:<20} {data.get('description', '')}")
+        else:
+            parser.print_help()
+            return 2
+    except FedsbError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

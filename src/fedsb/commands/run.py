@@ -1,0 +1,93 @@
+"""``fedsb run [CONFIG.toml] [--key value ...]``: a federated job in the in-process simulator."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from fedsb.config import RunConfig
+from fedsb.export import export_peft
+from fedsb.federation import build_federation
+from fedsb.plots import plot_curves
+from fedsb.rundir import RunDir
+from fedsb.simulation import SimulationResult, Simulator
+from fedsb.state_io import save_tensors
+
+COLUMNS = [("round", 5, "{:d}"), ("accuracy", 8, "{:.4f}"), ("loss", 8, "{:.4f}"), ("train_loss", 10, "{:.4f}"),
+           ("clients_accepted", 7, "{:d}"), ("upload_params_per_client", 10, "{:,d}"),
+           ("download_params_per_client", 10, "{:,d}"), ("seconds", 7, "{:.1f}")]
+HEADERS = ["round", "test acc", "test loss", "train loss", "clients", "up/client", "down/client", "secs"]
+
+
+def fmt_row(row: dict[str, Any]) -> str:
+    cells = []
+    for (key, width, f), _ in zip(COLUMNS, HEADERS, strict=True):
+        v = row.get(key)
+        cells.append(("-" if v is None else f.format(v)).rjust(max(width, len(_))))
+    return "  ".join(cells)
+
+
+def default_out(cfg: RunConfig) -> Path:
+    return Path("runs") / f"{cfg.method}-r{cfg.adapter.rank}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def save_final(run: RunDir, result: SimulationResult) -> None:
+    fed = result.fed
+    save_tensors(run.path / "adapter_state.safetensors", {**fed.adapted.get_state(), **fed.adapted.residual_state()},
+                 metadata={"method": fed.cfg.method, "rank": str(fed.cfg.adapter.rank)})
+    task_type = "SEQ_CLS" if fed.loaded.kind == "classification" else "CAUSAL_LM"
+    export_peft(fed.adapted, run.path / "adapter", fed.loaded.source, task_type)
+    plot_curves(result.rows, run.path / "curves.png", f"{fed.cfg.method} r={fed.cfg.adapter.rank} on {fed.task.name}")
+    run.write_metrics(result.rows)
+    run.write_summary(result.summary)
+
+
+def run(cfg: RunConfig, overwrite: bool = False, console: Console | None = None, progress: bool = True) -> SimulationResult:
+    console = console or Console(highlight=False, soft_wrap=True)
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        RunDir.create(out, overwrite=False)  # raises the usage error before any heavy work
+    console.print(f"[bold]fedsb[/bold] {cfg.method} r={cfg.adapter.rank}: model {cfg.model.name}, task {cfg.task.name}, "
+                  f"{cfg.federation.clients} clients x {cfg.federation.rounds} rounds")
+    fed = build_federation(cfg)
+    cfg.out = str(out)
+    rundir = RunDir.create(out, overwrite=overwrite)
+    rundir.write_config(cfg.to_dict())
+    sizes = [len(s) for s in fed.shards]
+    console.print(f"clients hold {sizes} training examples ({cfg.federation.partition}); {len(fed.task.test)} test examples; "
+                  f"{fed.adapted.num_trainable():,} trainable parameters in {len(fed.adapted.layers)} adapted layers")
+    rows: list[dict[str, Any]] = []
+    header = "  ".join(h.rjust(max(w, len(h))) for (_, w, _), h in zip(COLUMNS, HEADERS, strict=True))
+
+    def on_round(row: dict[str, Any]) -> None:
+        rows.append(row)
+        rundir.write_metrics(rows)
+        if row["round"] == 0:
+            console.print(header)
+        console.print(fmt_row(row))
+        for rej in row.get("rejected", []):
+            console.print(f"  [yellow]rejected client {rej['client']}: {rej['reason']}[/yellow]")
+        if row.get("skipped"):
+            console.print(f"  [yellow]round {row['round']} skipped: too few valid updates; global state unchanged[/yellow]")
+
+    sim = Simulator(cfg, fed=fed, on_round=on_round, progress=progress)
+    result = sim.run()
+    save_final(rundir, result)
+    s = result.summary
+    c = s["comm"]
+    acc = s["final_metrics"].get("accuracy")
+    acc0 = s["initial_metrics"].get("accuracy")
+    console.print(
+        f"[bold green]done[/bold green] in {s['wall_seconds']:.1f} s: test accuracy "
+        f"{acc0:.4f} -> [bold]{acc:.4f}[/bold]" if acc is not None and acc0 is not None else f"done in {s['wall_seconds']:.1f} s"
+    )
+    console.print(
+        f"sent per client per round: up {c['upload_params_per_client_round']:,} params ({c['upload_bytes_per_client_round']:,} B), "
+        f"down {c['download_params_per_client_round']:,} params; total up {c['upload_bytes_total']:,} B, down "
+        f"{c['download_bytes_total']:,} B; one-time {c['one_time_bytes']:,} B"
+    )
+    console.print(f"results in {rundir.path}/ (summary.json, metrics.jsonl, curves.png, adapter/ [PEFT LoRA])")
+    return result

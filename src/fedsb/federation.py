@@ -1,0 +1,177 @@
+"""Build everything a federated run needs from a config: model, adapters, task, client shards, method.
+
+Shared by the in-process simulator and the Flower app, so both set up a run the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+
+from fedsb.adapters.lora_sb_init import gradient_sums, lora_sb_init_from_directions
+from fedsb.adapters.model import AdaptedModel
+from fedsb.config import RunConfig
+from fedsb.errors import FedsbError
+from fedsb.init_sources import get_init_source
+from fedsb.methods import get_method
+from fedsb.methods.base import Method
+from fedsb.models import LoadedModel, load_model, resolve_device
+from fedsb.objectives.base import Objective
+from fedsb.partition import partition_indices
+from fedsb.tasks import load_task
+from fedsb.tasks.base import Example, TaskData
+from fedsb.training import Schedule, batch_stream, default_lr
+
+
+@dataclass
+class Federation:
+    cfg: RunConfig
+    loaded: LoadedModel
+    adapted: AdaptedModel
+    task: TaskData
+    objective: Objective
+    shards: list[list[Example]]
+    method: Method
+    device: torch.device
+
+    @property
+    def lr(self) -> float:
+        return self.cfg.train.lr or default_lr(self.cfg.method, self.cfg.adapter.rank)
+
+    @property
+    def head_lr(self) -> float:
+        if self.cfg.train.head_lr is not None:
+            return self.cfg.train.head_lr
+        return 3e-3 if self.cfg.method == "fed-sb" else self.lr
+
+    def local_steps(self, client: int) -> int:
+        if self.cfg.train.local_epochs:
+            return max(1, math.ceil(self.cfg.train.local_epochs * len(self.shards[client]) / self.cfg.train.batch_size))
+        return self.cfg.train.local_steps
+
+    def schedule(self) -> Schedule:
+        per_round = max(self.local_steps(c) for c in range(len(self.shards)))
+        total = per_round * self.cfg.federation.rounds
+        return Schedule(total, int(self.cfg.train.warmup_ratio * total), self.cfg.train.schedule)
+
+    def client_batches(self, client: int, round_idx: int, batch_size: int | None = None):
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + round_idx * 10_007 + client)
+        return batch_stream(self.shards[client], batch_size or self.cfg.train.batch_size, g)
+
+    def sample_clients(self, round_idx: int) -> list[int]:
+        k = len(self.shards)
+        m = max(1, round(self.cfg.federation.fraction * k))
+        rng = random.Random(f"{self.cfg.seed}-sample-{round_idx}")
+        return sorted(rng.sample(range(k), m))
+
+    def init_batches(self, examples: list[Example], seed: int):
+        """Batches of at most ``init.samples`` examples, for the LoRA-SB gradient estimate."""
+        rng = random.Random(seed)
+        chosen = rng.sample(examples, min(self.cfg.init.samples, len(examples)))
+        bs = self.cfg.init.batch_size
+        return [self.objective.collate(chosen[i : i + bs]) for i in range(0, len(chosen), bs)]
+
+
+def make_objective(cfg: RunConfig, loaded: LoadedModel, task: TaskData, device: torch.device) -> Objective:
+    if loaded.kind == "classification":
+        from fedsb.objectives.classification import ClassificationObjective
+
+        return ClassificationObjective(loaded.tokenizer, cfg.task.max_length, device)
+    from fedsb.objectives.causal_lm import CausalLMObjective
+
+    return CausalLMObjective(loaded.tokenizer, cfg.task.max_length, device, cfg.eval.mode, task)
+
+
+ENCODER_FAMILIES = ("bert", "roberta", "distilbert", "deberta", "deberta-v2", "electra", "xlm-roberta")
+
+
+def model_kind(cfg: RunConfig) -> str:
+    """``model.kind``, or for ``auto``: encoders are classifiers, decoders are causal LMs."""
+    if cfg.model.kind != "auto":
+        return cfg.model.kind
+    name = cfg.model.name
+    if name in ("minilm", "tiny-bert"):
+        return "classification"
+    if name in ("smollm2", "tiny-llama", "tiny-gpt2"):
+        return "causal-lm"
+    from transformers import AutoConfig
+
+    try:
+        conf = AutoConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
+        return "causal-lm"
+    return "classification" if conf.model_type in ENCODER_FAMILIES else "causal-lm"
+
+
+def build_federation(cfg: RunConfig, kind: str | None = None) -> Federation:
+    """Load model and data, inject adapters, split the data over clients (no init yet)."""
+    torch.manual_seed(cfg.seed)
+    kind = kind or model_kind(cfg)
+    task = load_task(cfg.task, kind, cfg.seed)  # type: ignore[arg-type]
+    if not task.train or not task.test:
+        raise FedsbError(f"task {task.name!r} has {len(task.train)} training and {len(task.test)} test examples; both must be > 0")
+    loaded = load_model(cfg.model.name, kind, max(2, len(task.labels)), cfg.model.dtype, cfg.seed)  # type: ignore[arg-type]
+    device = resolve_device(cfg.model.device)
+    method_cls = get_method(cfg.method)
+    targets = cfg.model.targets or loaded.targets
+    head = cfg.model.head if cfg.model.head is not None else loaded.head
+    adapted = AdaptedModel(loaded.model, targets, method_cls.adapter_mode, cfg.adapter.rank, cfg.adapter.alpha, head)
+    adapted.to(device)
+    scaling = adapted.alpha / cfg.adapter.rank
+    method = method_cls(scaling=scaling, weighting=cfg.federation.weighting, seed=cfg.seed)  # type: ignore[arg-type]
+    objective = make_objective(cfg, loaded, task, device)
+    labels = task.partition_labels()
+    idx = partition_indices(
+        labels, cfg.federation.clients, cfg.federation.partition, cfg.seed, cfg.federation.dirichlet_alpha,
+        cfg.federation.shards_per_client,
+    )
+    shards = [[task.train[i] for i in part] for part in idx]
+    return Federation(cfg, loaded, adapted, task, objective, shards, method, device)
+
+
+def client_init_message(fed: Federation, client: int) -> tuple[dict[str, torch.Tensor], int]:
+    """A client's init upload: its encoded gradient sum over ``init.samples`` local examples."""
+    source = get_init_source(fed.cfg.init.source, fed.cfg.init.eta)
+    batches = fed.init_batches(fed.shards[client], fed.cfg.seed * 7919 + client)
+    sums, n = gradient_sums(fed.adapted, batches, fed.objective.loss, fed.objective.batch_size)
+    return source.encode(sums, n), n
+
+
+def public_init_examples(fed: Federation) -> list[Example]:
+    """The server's public data: ``init.public_path`` or, by default, the task's held-out test split
+    (an honest stand-in for a proxy set the server owns; it is never a client's data)."""
+    if fed.cfg.init.public_path:
+        from dataclasses import replace
+
+        data = load_task(replace(fed.cfg.task, path=fed.cfg.init.public_path), fed.task.kind, fed.cfg.seed)
+        return data.train + data.test
+    return fed.task.test
+
+
+def initialise_adapters(fed: Federation, client_messages: list[tuple[dict[str, torch.Tensor], int]] | None = None) -> dict[str, int]:
+    """Server-side adapter initialisation; returns the one-time upload (bytes, params) per client.
+
+    LoRA-SB methods: combine the clients' init messages (``federated``) or the server's own gradient on
+    public data (``public``) into ``dW``, then SVD into B, A, R0. LoRA methods: seeded standard init.
+    """
+    cfg = fed.cfg
+    if fed.method.adapter_mode != "lora-sb":
+        fed.adapted.init_lora(cfg.seed)
+        return {"upload_bytes": 0, "upload_params": 0}
+    source = get_init_source(cfg.init.source, cfg.init.eta)
+    if source.federated:
+        if client_messages is None:
+            client_messages = [client_init_message(fed, c) for c in range(len(fed.shards))]
+        up_bytes = max(source.upload_bytes(m) for m, _ in client_messages)
+        up_params = max(source.upload_params(m) for m, _ in client_messages)
+    else:
+        batches = fed.init_batches(public_init_examples(fed), cfg.seed * 7919 - 1)
+        sums, n = gradient_sums(fed.adapted, batches, fed.objective.loss, fed.objective.batch_size)
+        client_messages = [(source.encode(sums, n), n)]
+        up_bytes = up_params = 0
+    directions = source.combine(client_messages)
+    lora_sb_init_from_directions(fed.adapted, directions, cfg.init.svd, cfg.init.oversample, cfg.init.niter, cfg.seed)
+    return {"upload_bytes": up_bytes, "upload_params": up_params}

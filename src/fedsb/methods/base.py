@@ -1,0 +1,140 @@
+"""The strategy interface shared by the five federated methods.
+
+A method says, for one round:
+
+- what the server broadcasts (``broadcast``): adapter tensors plus, for FedEx-LoRA and FLoRA, a one-off
+  base-weight increment produced by the previous aggregation;
+- what a client does with a broadcast (``apply_base_update`` once per model, ``load_adapter`` before
+  each client's local training);
+- what a client trains and uploads (``client_update``);
+- how the server aggregates uploads (``aggregate``).
+
+Payloads are flat ``dict[str, Tensor]`` keyed by PEFT-style names (``<module>.lora_R.weight``), so the
+in-process simulator and the Flower app use the same calls and the same bytes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from fedsb.adapters.layer import AdapterMode
+from fedsb.adapters.model import AdaptedModel
+
+Weighting = Literal["examples", "uniform"]
+BASE_UPDATE_SUFFIXES = (".residual", ".stack_A", ".stack_B")
+
+
+@dataclass
+class ClientUpdate:
+    """One client's upload for a round."""
+
+    client_id: str
+    payload: dict[str, Tensor]
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ServerState:
+    """What the server holds between rounds.
+
+    ``adapter`` holds the global tensors broadcast every round; ``pending`` holds the base-weight increment
+    produced by the last aggregation (FedEx residual, FLoRA stack), broadcast once and then folded in.
+    """
+
+    round: int
+    adapter: dict[str, Tensor]
+    pending: dict[str, Tensor] = field(default_factory=dict)
+
+
+def aggregation_weights(updates: list[ClientUpdate], weighting: Weighting) -> list[float]:
+    """``p_i = n_i / sum n`` (``examples``) or ``1/k`` (``uniform``)."""
+    if not updates:
+        raise ValueError("no client updates to aggregate")
+    if weighting == "uniform":
+        return [1.0 / len(updates)] * len(updates)
+    total = sum(u.num_examples for u in updates)
+    if total <= 0:
+        raise ValueError("client example counts must be positive")
+    return [u.num_examples / total for u in updates]
+
+
+def weighted_mean(updates: list[ClientUpdate], names: list[str], p: list[float]) -> dict[str, Tensor]:
+    """``sum_i p_i x_i`` for each name, accumulated in float64 and returned as float32."""
+    out: dict[str, Tensor] = {}
+    for n in names:
+        acc = torch.zeros_like(updates[0].payload[n], dtype=torch.float64)
+        for u, w in zip(updates, p, strict=True):
+            acc.add_(u.payload[n].to(torch.float64), alpha=w)
+        out[n] = acc.to(torch.float32)
+    return out
+
+
+def is_base_update(name: str) -> bool:
+    return name.endswith(BASE_UPDATE_SUFFIXES)
+
+
+class Method(ABC):
+    """One federated fine-tuning method. Subclasses set the class attributes and ``aggregate``."""
+
+    name: ClassVar[str]
+    adapter_mode: ClassVar[AdapterMode]
+    exact: ClassVar[bool]
+    summary: ClassVar[str]
+    #: Uploads are only ever summed (no products of client tensors): secure aggregation applies.
+    additive: ClassVar[bool] = False
+
+    def __init__(self, scaling: float, weighting: Weighting = "examples", seed: int = 0) -> None:
+        self.scaling = float(scaling)
+        self.weighting: Weighting = weighting
+        self.seed = int(seed)
+
+    # --- which tensors travel -----------------------------------------------------------------------
+    def upload_names(self, adapted: AdaptedModel) -> list[str]:
+        """Names a client uploads: what it trained (adapter weights of its mode and the head)."""
+        return adapted.trainable_state_names()
+
+    def broadcast_names(self, adapted: AdaptedModel) -> list[str]:
+        """Adapter tensors the server sends every round (default: the trained ones)."""
+        return self.upload_names(adapted)
+
+    def one_time_names(self, adapted: AdaptedModel) -> list[str]:
+        """Tensors broadcast once at setup and never again (Fed-SB's B and A)."""
+        return []
+
+    # --- server ---------------------------------------------------------------------------------
+    def initial_state(self, adapted: AdaptedModel) -> ServerState:
+        """The round-0 global state, read from a model whose adapters were initialised by the server."""
+        return ServerState(round=0, adapter=adapted.get_state(self.broadcast_names(adapted)))
+
+    def broadcast(self, state: ServerState) -> dict[str, Tensor]:
+        """The payload every sampled client receives at the start of the next round."""
+        return {**state.adapter, **state.pending}
+
+    @abstractmethod
+    def aggregate(self, state: ServerState, updates: list[ClientUpdate]) -> ServerState:
+        """Combine validated client updates into the next global state."""
+
+    def weights(self, updates: list[ClientUpdate]) -> list[float]:
+        return aggregation_weights(updates, self.weighting)
+
+    # --- client ---------------------------------------------------------------------------------
+    def apply_base_update(self, adapted: AdaptedModel, payload: dict[str, Tensor]) -> None:
+        """Fold a broadcast's base-weight increment into the model (once per model copy). Default: none."""
+
+    def load_adapter(self, adapted: AdaptedModel, payload: dict[str, Tensor]) -> None:
+        """Set the adapter to the broadcast state before local training."""
+        adapted.set_state({k: v for k, v in payload.items() if not is_base_update(k)})
+
+    def receive(self, adapted: AdaptedModel, payload: dict[str, Tensor]) -> None:
+        """What a client with its own model copy does with a broadcast."""
+        self.apply_base_update(adapted, payload)
+        self.load_adapter(adapted, payload)
+
+    def client_update(self, adapted: AdaptedModel) -> dict[str, Tensor]:
+        return adapted.get_state(self.upload_names(adapted))

@@ -1,0 +1,47 @@
+"""Split training examples over clients with flwr-datasets' partitioners (IID, Dirichlet-by-label, shards)."""
+
+from __future__ import annotations
+
+import logging
+
+from datasets import Dataset
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, ShardPartitioner
+
+from fedsb.errors import FedsbError
+
+
+def partition_indices(
+    labels: list[int], num_clients: int, scheme: str, seed: int, alpha: float = 0.5, shards_per_client: int = 2
+) -> list[list[int]]:
+    """Indices of the examples each client holds. Every client gets at least one example."""
+    n = len(labels)
+    if num_clients > n:
+        raise FedsbError(f"federation.clients = {num_clients} exceeds the {n} training examples; use fewer clients")
+    ds = Dataset.from_dict({"label": labels, "idx": list(range(n))})
+    if scheme == "iid":
+        part = IidPartitioner(num_partitions=num_clients)
+    elif scheme == "dirichlet":
+        part = DirichletPartitioner(
+            num_partitions=num_clients, partition_by="label", alpha=alpha, min_partition_size=1, self_balancing=False,
+            shuffle=True, seed=seed,
+        )
+    elif scheme == "shards":
+        num_shards = num_clients * shards_per_client
+        if num_shards > n:
+            raise FedsbError(f"{num_shards} shards for {n} examples; lower federation.shards_per_client or clients")
+        part = ShardPartitioner(
+            num_partitions=num_clients, partition_by="label", num_shards_per_partition=shards_per_client,
+            shuffle=True, seed=seed,
+        )
+    else:
+        raise FedsbError(f"unknown partition scheme {scheme!r}; choose iid, dirichlet or shards")
+    part.dataset = ds
+    logging.getLogger("flwr_datasets").setLevel(logging.ERROR)
+    try:
+        out = [sorted(part.load_partition(i)["idx"]) for i in range(num_clients)]
+    except ValueError as e:
+        raise FedsbError(f"cannot split {n} examples over {num_clients} clients with {scheme!r}: {e}") from None
+    empty = [i for i, o in enumerate(out) if not o]
+    if empty:
+        raise FedsbError(f"clients {empty} got no examples with {scheme!r}; use fewer clients or a larger dirichlet_alpha")
+    return out

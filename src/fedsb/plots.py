@@ -1,0 +1,40 @@
+"""PNG plots of a run's curves (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from fedsb.rundir import atomic_write_bytes  # noqa: E402
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Test accuracy and loss (and mean client training loss) per round."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ev = [r for r in rows if r.get("accuracy") is not None]
+    ax1.plot([r["round"] for r in ev], [r["accuracy"] for r in ev], "o-", label="test accuracy")
+    ax1.set_xlabel("round")
+    ax1.set_ylabel("accuracy")
+    ax1.set_ylim(0, 1)
+    ax1.grid(alpha=0.3)
+    ax1.legend()
+    lv = [r for r in rows if r.get("loss") is not None]
+    ax2.plot([r["round"] for r in lv], [r["loss"] for r in lv], "o-", label="test loss")
+    tr = [r for r in rows if r.get("train_loss") is not None]
+    ax2.plot([r["round"] for r in tr], [r["train_loss"] for r in tr], "s--", label="client train loss (mean)")
+    ax2.set_xlabel("round")
+    ax2.set_ylabel("loss")
+    ax2.grid(alpha=0.3)
+    ax2.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

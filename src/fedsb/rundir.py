@@ -1,0 +1,90 @@
+"""A run's output directory: atomic writes of config, metrics, summary, adapter and plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fedsb.errors import UsageError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Serialise a resolved config (scalars, lists, one level of tables) as TOML; None values are omitted."""
+
+    def val(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        return json.dumps(str(v))
+
+    top = [f"{k} = {val(v)}" for k, v in data.items() if not isinstance(v, dict) and v is not None]
+    lines = top[:]
+    for k, v in data.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{k}]"] + [f"{kk} = {val(vv)}" for kk, vv in v.items() if vv is not None]
+    return "\n".join(lines) + "\n"
+
+
+class RunDir:
+    """Files of one run. ``metrics.jsonl`` is rewritten atomically with all rows so far after each round."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, path: str | Path, overwrite: bool = False) -> RunDir:
+        p = Path(path)
+        if p.exists() and any(p.iterdir()):
+            if not overwrite:
+                raise UsageError(f"run directory {str(p)!r} already exists; pass --overwrite to replace it, --resume to continue it, or --out elsewhere")
+            shutil.rmtree(p)
+        p.mkdir(parents=True, exist_ok=True)
+        return cls(p)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def write_config(self, cfg: dict[str, Any]) -> None:
+        atomic_write_text(self.path / "config.toml", to_toml(cfg))
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json(self.path / "summary.json", summary)

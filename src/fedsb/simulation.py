@@ -1,0 +1,224 @@
+"""The in-process federated simulator: k virtual clients sharing one base model in memory.
+
+Each round the server broadcasts its state; the base-weight part of a broadcast (FedEx residual, FLoRA
+stack) is folded into the shared model once, since every client receives the same one; then each
+sampled client loads the broadcast adapter, trains with a fresh optimizer, and uploads. Updates are
+validated, aggregated by the method, and the global model is evaluated on the server.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from fedsb.comm import CommLedger, LayerDims, dtype_bytes, one_time_params, payload_bytes, payload_params, round_params, to_wire
+from fedsb.config import RunConfig
+from fedsb.federation import Federation, build_federation, initialise_adapters
+from fedsb.methods.base import ClientUpdate, ServerState
+from fedsb.training import build_optimizer, local_train
+from fedsb.validation import UpdateValidator
+
+ClientTrainer = Callable[[Federation, int, int, int], dict[str, float]]
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+def train_client(fed: Federation, client: int, round_idx: int, step_offset: int) -> dict[str, float]:
+    """Default local training of one client (no DP): AdamW for the configured local steps."""
+    cfg = fed.cfg
+    opt = build_optimizer(fed.adapted, fed.lr, fed.head_lr, cfg.train.weight_decay)
+    steps = fed.local_steps(client)
+    return local_train(
+        fed.adapted, fed.objective, fed.client_batches(client, round_idx), steps, opt, fed.schedule(), step_offset,
+        cfg.train.max_grad_norm,
+    )
+
+
+@dataclass
+class SimulationResult:
+    rows: list[dict[str, Any]]
+    state: ServerState
+    comm: CommLedger
+    summary: dict[str, Any]
+    fed: Federation
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def layer_dims(fed: Federation) -> list[LayerDims]:
+    return [LayerDims(layer.d_out, layer.d_in) for layer in fed.adapted.layers.values()]
+
+
+def analytic_round_params(fed: Federation, k: int) -> tuple[int, int]:
+    head = sum(p.numel() for p in fed.adapted.head_parameters())
+    return round_params(fed.cfg.method, fed.cfg.adapter.rank, layer_dims(fed), k, head)
+
+
+class Simulator:
+    """Runs a federated job in one process. ``on_round`` gets each metrics row as it is produced."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        fed: Federation | None = None,
+        trainer: ClientTrainer = train_client,
+        on_round: RoundCallback | None = None,
+        progress: bool = True,
+        wire_dtype: str = "float32",
+    ) -> None:
+        self.cfg = cfg
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.fed = fed or build_federation(cfg)
+        self.trainer = trainer
+        self.on_round = on_round
+        self.progress = progress
+        self.comm = CommLedger(wire_dtype=wire_dtype)
+        self.validator = UpdateValidator(cfg.federation.min_clients)
+        self.rows: list[dict[str, Any]] = []
+        self.state: ServerState | None = None
+        self.one_time: dict[str, int] = {}
+        self.init_seconds = 0.0
+
+    # --- setup -----------------------------------------------------------------------------------
+    def initialise(self) -> ServerState:
+        fed = self.fed
+        t0 = time.perf_counter()
+        up = initialise_adapters(fed)
+        self.init_seconds = time.perf_counter() - t0
+        k = len(fed.shards)
+        one_time_down = {n: t for n, t in fed.adapted.get_state(fed.method.one_time_names(fed.adapted)).items()}
+        self.one_time = {
+            "init_upload_params_per_client": up["upload_params"],
+            "init_upload_bytes_per_client": up["upload_bytes"],
+            "broadcast_params_per_client": payload_params(one_time_down),
+            "broadcast_bytes_per_client": payload_bytes(one_time_down, self.comm.wire_dtype),
+        }
+        self.comm.record_one_time(
+            up["upload_bytes"] * k, self.one_time["broadcast_bytes_per_client"] * k, up["upload_params"] * k,
+            self.one_time["broadcast_params_per_client"] * k,
+        )
+        self.state = fed.method.initial_state(fed.adapted)
+        return self.state
+
+    def evaluate(self) -> dict[str, float]:
+        fed = self.fed
+        return fed.objective.evaluate(fed.adapted.model, fed.task.test, self.cfg.eval.batch_size)
+
+    # --- one round ---------------------------------------------------------------------------------
+    def run_round(self, round_idx: int, payload: dict[str, torch.Tensor], bar: tqdm | None = None) -> dict[str, Any]:
+        fed, method = self.fed, self.fed.method
+        assert self.state is not None
+        t0 = time.perf_counter()
+        sampled = fed.sample_clients(round_idx)
+        sched_offset = (round_idx - 1) * max(fed.local_steps(c) for c in range(len(fed.shards)))
+        updates: list[ClientUpdate] = []
+        for c in sampled:
+            method.load_adapter(fed.adapted, payload)
+            metrics = self.trainer(fed, c, round_idx, sched_offset)
+            up = to_wire(method.client_update(fed.adapted), self.comm.wire_dtype)
+            updates.append(ClientUpdate(str(c), up, len(fed.shards[c]), metrics))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(round=round_idx, client=c, loss=f"{metrics.get('train_loss', float('nan')):.3f}")
+        comm_row = self.comm.record_round(payload, [u.payload for u in updates])
+        accepted, rejected = self.validator.filter(
+            updates, self.state.adapter, method.upload_names(fed.adapted), fed.adapted.shapes()
+        )
+        skipped = len(accepted) < self.validator.min_clients
+        if not skipped:
+            self.state = method.aggregate(self.state, accepted)
+        next_payload = to_wire(method.broadcast(self.state), self.comm.wire_dtype)
+        if not skipped:
+            method.apply_base_update(fed.adapted, next_payload)
+        method.load_adapter(fed.adapted, next_payload)
+        row: dict[str, Any] = {
+            "round": round_idx,
+            "clients_sampled": len(sampled),
+            "clients_accepted": len(accepted),
+            "rejected": [{"client": u.client_id, "reason": why} for u, why in rejected],
+            "skipped": skipped,
+            "train_loss": sum(u.metrics.get("train_loss", 0.0) for u in accepted) / max(len(accepted), 1) if accepted else None,
+            **{f"{k}": v for k, v in comm_row.items() if k != "clients"},
+            "upload_bytes_cum": self.comm.upload_bytes,
+            "download_bytes_cum": self.comm.download_bytes,
+        }
+        extra_metrics = {k: v for u in accepted for k, v in u.metrics.items() if k != "train_loss"}
+        row.update({k: v for k, v in extra_metrics.items() if isinstance(v, (int, float))})
+        if round_idx % self.cfg.eval.every == 0 or round_idx == self.cfg.federation.rounds:
+            row.update(self.evaluate())
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        self._next_payload = next_payload
+        return row
+
+    # --- whole run ---------------------------------------------------------------------------------
+    def run(self, start_round: int = 1) -> SimulationResult:
+        fed = self.fed
+        t_start = time.perf_counter()
+        if self.state is None:
+            self.initialise()
+            fed.method.load_adapter(fed.adapted, fed.method.broadcast(self.state))
+            row0 = {"round": 0, **self.evaluate(), "seconds": round(self.init_seconds, 3)}
+            self.rows.append(row0)
+            if self.on_round:
+                self.on_round(row0)
+        assert self.state is not None
+        payload = getattr(self, "_next_payload", None) or to_wire(fed.method.broadcast(self.state), self.comm.wire_dtype)
+        rounds = self.cfg.federation.rounds
+        total_updates = sum(len(fed.sample_clients(r)) for r in range(start_round, rounds + 1))
+        with tqdm(total=total_updates, desc="clients", unit="client", disable=not self.progress, leave=False) as bar:
+            for r in range(start_round, rounds + 1):
+                row = self.run_round(r, payload, bar)
+                payload = self._next_payload
+                self.rows.append(row)
+                if self.on_round:
+                    self.on_round(row)
+        wall = time.perf_counter() - t_start
+        return SimulationResult(self.rows, self.state, self.comm, self.summary(wall), fed)
+
+    def summary(self, wall_seconds: float) -> dict[str, Any]:
+        fed, cfg = self.fed, self.cfg
+        k_round = max(1, round(cfg.federation.fraction * cfg.federation.clients))
+        up, down = analytic_round_params(fed, k_round)
+        final = {k: v for k, v in self.rows[-1].items() if k in ("accuracy", "loss") or k.startswith(("acc", "eps"))}
+        first = self.rows[0] if self.rows and self.rows[0]["round"] == 0 else {}
+        wire = self.comm.wire_dtype
+
+        return {
+            "method": cfg.method,
+            "rank": cfg.adapter.rank,
+            "num_clients": cfg.federation.clients,
+            "clients_per_round": k_round,
+            "rounds": cfg.federation.rounds,
+            "model": fed.loaded.source,
+            "task": fed.task.name,
+            "trainable_params": fed.adapted.num_trainable(),
+            "initial_metrics": {k: v for k, v in first.items() if k in ("accuracy", "loss")},
+            "final_metrics": final,
+            "comm": {
+                "wire_dtype": wire,
+                "upload_params_per_client_round": up,
+                "download_params_per_client_round": down,
+                "upload_bytes_per_client_round": up * dtype_bytes(wire),
+                "download_bytes_per_client_round": down * dtype_bytes(wire),
+                "upload_params_total": self.comm.upload_params,
+                "download_params_total": self.comm.download_params,
+                "upload_bytes_total": self.comm.upload_bytes,
+                "download_bytes_total": self.comm.download_bytes,
+                "one_time_bytes": self.comm.one_time_upload_bytes + self.comm.one_time_download_bytes,
+                "one_time": {
+                    **self.one_time,
+                    "upload_bytes_total": self.comm.one_time_upload_bytes,
+                    "download_bytes_total": self.comm.one_time_download_bytes,
+                },
+                "analytic_one_time_params_per_client": one_time_params(cfg.method, cfg.adapter.rank, layer_dims(fed)),
+            },
+            "init_seconds": round(self.init_seconds, 3),
+            "wall_seconds": round(wall_seconds, 3),
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+        }

@@ -36,6 +36,29 @@ def split_run_args(tokens: list[str]) -> tuple[str | None, set[str], list[tuple[
     return config, flags, parse_overrides(rest)
 
 
+def pop_resume(tokens: list[str]) -> tuple[str | None, list[str]]:
+    """Take ``--resume RUN_DIR`` (or ``--resume=RUN_DIR``) out of ``fedsb run`` arguments."""
+    rest: list[str] = []
+    found: str | None = None
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok == "--resume" or tok.startswith("--resume="):
+            if tok == "--resume":
+                if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
+                    raise UsageError("--resume needs the run directory to continue, e.g. --resume runs/fed-sb-r16-...")
+                value, i = tokens[i + 1], i + 1
+            else:
+                value = tok.split("=", 1)[1]
+            if found is not None:
+                raise UsageError("--resume was given twice; pass one run directory")
+            found = value
+        else:
+            rest.append(tok)
+        i += 1
+    return found, rest
+
+
 def parse_overrides(extra: list[str]) -> list[tuple[str, str]]:
     """``--key value`` / ``--key=value`` pairs."""
     pairs: list[tuple[str, str]] = []
@@ -79,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--clients 5, --rounds 3, --out DIR, --federation.partition iid, --dp.epsilon 1.")
     r.add_argument("config", nargs="?", help="TOML config file (default: the embedded quickstart)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed round")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--KEY", metavar="VALUE", help="override any config key (section.key), e.g. --rank 8 --dp.epsilon 1")
     sub.add_parser("methods", help="list the federated methods")
@@ -103,7 +127,15 @@ def main(argv: list[str] | None = None) -> int:
             from fedsb.config import resolve
             from fedsb.presets import load_presets
 
-            config, flags, overrides = split_run_args(argv[1:])
+            resume_dir, run_args = pop_resume(argv[1:])
+            config, flags, overrides = split_run_args(run_args)
+            if resume_dir is not None:
+                from fedsb.commands.run import resume
+
+                if config is not None or "--overwrite" in flags:
+                    raise UsageError("--resume continues a run with its saved config; drop the config file and --overwrite")
+                resume(resume_dir, overrides, progress="--no-progress" not in flags)
+                return 0
             cfg = resolve(config, overrides, load_presets())
             run(cfg, overwrite="--overwrite" in flags, progress="--no-progress" not in flags)
             return 0

@@ -16,3 +16,10 @@ class UsageError(FedsbError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, exit_code=2)
+
+
+class Interrupted(FedsbError):
+    """Ctrl-C during a run: the current round was abandoned and the run directory is resumable (exit 130)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, exit_code=130)

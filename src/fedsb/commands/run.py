@@ -8,7 +8,9 @@ from typing import Any
 
 from rich.console import Console
 
-from fedsb.config import RunConfig
+from fedsb.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
+from fedsb.config import RunConfig, from_dict, overrides_to_dict, validate
+from fedsb.errors import Interrupted, UsageError
 from fedsb.export import export_peft
 from fedsb.federation import build_federation
 from fedsb.plots import plot_curves
@@ -54,28 +56,87 @@ def run(cfg: RunConfig, overwrite: bool = False, console: Console | None = None,
                   f"{cfg.federation.clients} clients x {cfg.federation.rounds} rounds")
     fed = build_federation(cfg)
     cfg.out = str(out)
+    # The old directory is only replaced once the model and data have loaded (bad input never destroys it).
     rundir = RunDir.create(out, overwrite=overwrite)
     rundir.write_config(cfg.to_dict())
+    sim = Simulator(cfg, fed=fed, progress=progress)
+    return _execute(sim, rundir, console, start_round=1)
+
+
+def resume(run_dir: str | Path, overrides: list[tuple[str, str]] | None = None, console: Console | None = None,
+           progress: bool = True) -> SimulationResult | None:
+    """Continue ``run_dir`` from its last checkpointed round (``fedsb run --resume RUN_DIR``).
+
+    The config comes from the checkpoint; only ``train.threads`` may be overridden (results on CPU are
+    bit-identical to an uninterrupted run only with the same thread count).
+    """
+    console = console or Console(highlight=False, soft_wrap=True)
+    rd = Path(run_dir)
+    if not rd.is_dir():
+        raise UsageError(f"cannot resume {str(rd)!r}: no such run directory; pass a directory written by `fedsb run`")
+    if not (rd / "config.toml").is_file():
+        raise UsageError(f"cannot resume {str(rd)!r}: it has no config.toml, so it is not a fedsb run directory")
+    ckpt = load_checkpoint(rd)
+    cfg = validate(from_dict(ckpt.config))
+    for key, value in overrides_to_dict(overrides or []).items():
+        allowed = key == "train" and isinstance(value, dict) and set(value) <= {"threads"}
+        if not allowed:
+            raise UsageError(f"--resume continues the run with its own config; only --train.threads may be changed (got --{key})")
+        cfg.train.threads = validate(from_dict({"train": value})).train.threads
+    cfg.out = str(rd)
+    rounds = cfg.federation.rounds
+    if ckpt.round >= rounds and (rd / "summary.json").is_file() and (rd / "adapter_state.safetensors").is_file():
+        console.print(f"{rd} is already complete ({rounds} of {rounds} rounds); nothing to resume")
+        return None
+    console.print(f"[bold]fedsb[/bold] resuming {rd} after round {ckpt.round} of {rounds}: {cfg.method} r={cfg.adapter.rank}, "
+                  f"model {cfg.model.name}, task {cfg.task.name}")
+    fed = build_federation(cfg)
+    sim = Simulator(cfg, fed=fed, progress=progress)
+    start = restore_checkpoint(sim, ckpt)
+    rundir = RunDir(rd)
+    rundir.write_metrics(sim.rows)  # drop any row written after the checkpoint
+    return _execute(sim, rundir, console, start_round=start)
+
+
+def _execute(sim: Simulator, rundir: RunDir, console: Console, start_round: int) -> SimulationResult:
+    """Rounds ``start_round..`` with a checkpoint after each; a Ctrl-C abandons the current round cleanly."""
+    fed, cfg = sim.fed, sim.cfg
     sizes = [len(s) for s in fed.shards]
     console.print(f"clients hold {sizes} training examples ({cfg.federation.partition}); {len(fed.task.test)} test examples; "
                   f"{fed.adapted.num_trainable():,} trainable parameters in {len(fed.adapted.layers)} adapted layers")
-    rows: list[dict[str, Any]] = []
     header = "  ".join(h.rjust(max(w, len(h))) for (_, w, _), h in zip(COLUMNS, HEADERS, strict=True))
+    if start_round > 1 or sim.rows:
+        console.print(header)
+
+    saved: list[int] = [sim.rows[-1]["round"]] if sim.rows else []
 
     def on_round(row: dict[str, Any]) -> None:
-        rows.append(row)
-        rundir.write_metrics(rows)
+        rundir.write_metrics(sim.rows)
         if row["round"] == 0:
             console.print(header)
         console.print(fmt_row(row))
         for rej in row.get("rejected", []):
             console.print(f"  [yellow]rejected client {rej['client']}: {rej['reason']}[/yellow]")
         if row.get("skipped"):
-            console.print(f"  [yellow]round {row['round']} skipped: too few valid updates; global state unchanged[/yellow]")
+            console.print(f"  [yellow]round {row['round']} skipped: fewer than federation.min_clients = "
+                          f"{cfg.federation.min_clients} valid updates; global state unchanged[/yellow]")
+        save_checkpoint(rundir.path, sim)
+        saved.append(row["round"])
 
-    sim = Simulator(cfg, fed=fed, on_round=on_round, progress=progress)
-    result = sim.run()
-    save_final(rundir, result)
+    sim.on_round = on_round
+    try:
+        result = sim.run(start_round=start_round)
+        save_final(rundir, result)
+    except KeyboardInterrupt:
+        if not saved:
+            raise Interrupted(
+                f"interrupted before the first checkpoint; start again with `fedsb run ... --out {rundir.path} --overwrite`"
+            ) from None
+        where = "while writing the final outputs" if saved[-1] >= cfg.federation.rounds else f"in round {saved[-1] + 1}"
+        raise Interrupted(
+            f"interrupted {where}; {rundir.path} holds a checkpoint after round {saved[-1]}: "
+            f"continue with `fedsb run --resume {rundir.path}`"
+        ) from None
     s = result.summary
     c = s["comm"]
     acc = s["final_metrics"].get("accuracy")

@@ -41,6 +41,12 @@ def partition_indices(
         out = [sorted(part.load_partition(i)["idx"]) for i in range(num_clients)]
     except ValueError as e:
         raise FedsbError(f"cannot split {n} examples over {num_clients} clients with {scheme!r}: {e}") from None
+    if scheme == "shards":
+        # ShardPartitioner drops the n mod num_shards remainder; hand it out in turn so no data is lost.
+        used = {i for part in out for i in part}
+        for j, i in enumerate(i for i in range(n) if i not in used):
+            out[j % num_clients].append(i)
+        out = [sorted(p) for p in out]
     empty = [i for i, o in enumerate(out) if not o]
     if empty:
         raise FedsbError(f"clients {empty} got no examples with {scheme!r}; use fewer clients or a larger dirichlet_alpha")

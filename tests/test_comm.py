@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from fedsb.comm import LayerDims, layer_round_params, one_time_params, payload_bytes, payload_params, round_params
+from fedsb.comm import (
+    LayerDims,
+    layer_round_params,
+    one_time_params,
+    payload_bytes,
+    payload_params,
+    round_params,
+)
 from fedsb.methods.base import ClientUpdate
 from fedsb.simulation import Simulator, train_client
 from tests.helpers import tiny_federation

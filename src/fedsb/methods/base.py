@@ -124,7 +124,7 @@ class Method(ABC):
         return aggregation_weights(updates, self.weighting)
 
     # --- client ---------------------------------------------------------------------------------
-    def apply_base_update(self, adapted: AdaptedModel, payload: dict[str, Tensor]) -> None:
+    def apply_base_update(self, adapted: AdaptedModel, payload: dict[str, Tensor]) -> None:  # noqa: B027 (optional hook)
         """Fold a broadcast's base-weight increment into the model (once per model copy). Default: none."""
 
     def load_adapter(self, adapted: AdaptedModel, payload: dict[str, Tensor]) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -204,6 +205,19 @@ def restore_checkpoint(sim: Simulator, ckpt: Checkpoint) -> int:
     if ckpt.rng_cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt.rng_cuda)
     return ckpt.round + 1
+
+
+def remove_stale_temp(run_dir: str | Path) -> list[str]:
+    """Delete temp files/dirs that an atomic write killed mid-way left in ``run_dir`` (``.NAME.*``)."""
+    removed = []
+    for entry in Path(run_dir).iterdir():
+        if entry.name.startswith(".") and (entry.name.endswith(".tmp") or entry.is_dir()):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+    return removed
 
 
 def strip_timing(row: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import torch
@@ -14,9 +15,26 @@ from fedsb.errors import FedsbError
 from fedsb.rundir import atomic_write_bytes
 
 
+def canonical_header(data: bytes) -> bytes:
+    """Safetensors bytes with the ``__metadata__`` keys sorted.
+
+    safetensors serialises metadata from a Rust hash map whose order changes between processes, so the same
+    tensors and metadata would otherwise give different bytes (breaking bit-identical resumed runs).
+    """
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + n])
+    meta = header.get("__metadata__")
+    if not meta or len(meta) < 2:
+        return data
+    header["__metadata__"] = dict(sorted(meta.items()))
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the format pads the header with spaces to an 8-byte boundary
+    return struct.pack("<Q", len(raw)) + raw + data[8 + n :]
+
+
 def save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, canonical_header(data))
 
 
 def load_tensors(path: Path, expect_finite: bool = True) -> dict[str, Tensor]:

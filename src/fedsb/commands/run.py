@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-from fedsb.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
+from fedsb.checkpoint import load_checkpoint, remove_stale_temp, restore_checkpoint, save_checkpoint
 from fedsb.config import RunConfig, from_dict, overrides_to_dict, validate
 from fedsb.errors import Interrupted, UsageError
 from fedsb.export import export_peft
@@ -94,6 +94,7 @@ def resume(run_dir: str | Path, overrides: list[tuple[str, str]] | None = None, 
     sim = Simulator(cfg, fed=fed, progress=progress)
     start = restore_checkpoint(sim, ckpt)
     rundir = RunDir(rd)
+    remove_stale_temp(rd)  # temp files of an atomic write the crash interrupted
     rundir.write_metrics(sim.rows)  # drop any row written after the checkpoint
     return _execute(sim, rundir, console, start_round=start)
 

@@ -111,6 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--merged", help="output directory for the merged model (safetensors)")
     e.add_argument("--peft", help="output directory for a PEFT LoRA adapter")
     sub.add_parser("presets", help="list the config presets")
+    c = sub.add_parser("compare", help="run several methods/ranks/seeds on one model and data split; table + Pareto plot",
+                       description="Compare methods on the same model, data split, local budget and seeds: accuracy vs "
+                                   "parameters communicated per client per round. Any config key can be overridden as "
+                                   "in `fedsb run` (--rounds 3, --clients 5, --out DIR).")
+    c.add_argument("config", nargs="?", help="TOML config file (default: the embedded quickstart)")
+    c.add_argument("--methods", default="fed-sb,fedit,ffa-lora,fedex-lora,flora", help="comma-separated methods")
+    c.add_argument("--fedsb-ranks", default="4,8,16", help="Fed-SB ranks (comma-separated)")
+    c.add_argument("--lora-rank", default="8", help="rank of the LoRA baselines")
+    c.add_argument("--seeds", default="3", help="number of seeds (seed, seed+1, ...)")
+    c.add_argument("--workers", help="parallel runs (processes; default: one per core, at most 4)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("--KEY", metavar="VALUE", help="override any config key, as in `fedsb run`")
     return p
 
 
@@ -138,6 +151,16 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             cfg = resolve(config, overrides, load_presets())
             run(cfg, overwrite="--overwrite" in flags, progress="--no-progress" not in flags)
+            return 0
+        if argv and argv[0] == "compare" and not ({"-h", "--help"} & set(argv)):
+            from fedsb.commands.compare import compare, eval_every_given, split_compare_args
+            from fedsb.config import resolve
+            from fedsb.presets import load_presets
+
+            config, flags, spec, overrides = split_compare_args(argv[1:])
+            cfg = resolve(config, overrides, load_presets())
+            compare(cfg, spec, overwrite="--overwrite" in flags, progress="--no-progress" not in flags,
+                    eval_every_set=eval_every_given(config, overrides))
             return 0
         args, extra = parser.parse_known_args(argv)
         if extra:

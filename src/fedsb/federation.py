@@ -114,6 +114,14 @@ def build_federation(cfg: RunConfig, kind: str | None = None) -> Federation:
     if not task.train or not task.test:
         raise FedsbError(f"task {task.name!r} has {len(task.train)} training and {len(task.test)} test examples; both must be > 0")
     loaded = load_model(cfg.model.name, kind, max(2, len(task.labels)), cfg.model.dtype, cfg.seed)  # type: ignore[arg-type]
+    return assemble_federation(cfg, loaded, task)
+
+
+def assemble_federation(cfg: RunConfig, loaded: LoadedModel, task: TaskData) -> Federation:
+    """Inject ``cfg``'s adapters into an already-loaded model (no adapters yet) and split ``task`` over clients.
+
+    ``fedsb compare`` uses it to run many methods on one model load (see ``AdaptedModel.unload``).
+    """
     device = resolve_device(cfg.model.device)
     method_cls = get_method(cfg.method)
     targets = cfg.model.targets or loaded.targets

@@ -76,6 +76,19 @@ class AdaptedModel(nn.Module):
                 for p in m.parameters():
                     p.requires_grad_(True)
 
+    def unload(self) -> nn.Module:
+        """Put the original base modules back (adapters and residuals dropped) and return the bare model.
+
+        Base weights are never modified by training, so the returned model is the one that was wrapped
+        (frozen, except for whatever the head trained). Lets one model load serve many adapter set-ups.
+        """
+        for name, layer in self.layers.items():
+            parent_name, _, child = name.rpartition(".")
+            parent = self.model.get_submodule(parent_name) if parent_name else self.model
+            setattr(parent, child, layer.base)
+        self.layers = {}
+        return self.model
+
     # --- forward ------------------------------------------------------------------------------------
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)

@@ -1,0 +1,45 @@
+"""The ``fedsb compare`` Pareto plot: accuracy vs parameters communicated per client per round."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from fedsb.rundir import atomic_write_bytes  # noqa: E402
+
+MARKERS = {"fed-sb": "o", "fedit": "s", "ffa-lora": "^", "fedex-lora": "D", "flora": "v"}
+COLORS = {"fed-sb": "tab:red", "fedit": "tab:blue", "ffa-lora": "tab:green", "fedex-lora": "tab:purple", "flora": "tab:orange"}
+
+
+def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """One marker per (method, rank) at (upload + download params per client per round, mean accuracy),
+    error bars = std over seeds, log x axis; a method's ranks are joined by a line."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for m in methods:
+        pts = sorted((r for r in rows if r["method"] == m), key=lambda r: r["upload_params"] + r["download_params"])
+        xs = [r["upload_params"] + r["download_params"] for r in pts]
+        ys = [r["accuracy_mean"] for r in pts]
+        es = [r["accuracy_std"] for r in pts]
+        color = COLORS.get(m)
+        ax.errorbar(xs, ys, yerr=es, fmt=MARKERS.get(m, "o") + ("-" if len(pts) > 1 else ""), color=color,
+                    capsize=3, markersize=7, label=m, alpha=0.9)
+        for x, y, r in zip(xs, ys, pts, strict=True):
+            ax.annotate(f"r={r['rank']}", (x, y), textcoords="offset points", xytext=(6, -12), fontsize=8, color=color)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters communicated per client per round (upload + download, log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="best", fontsize=9)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

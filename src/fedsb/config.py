@@ -48,7 +48,7 @@ class AdapterConfig:
 
 @dataclass
 class InitConfig:
-    source: str = "federated"  # federated | public  (LoRA-SB init gradient; see README "Initialisation")
+    source: str = "federated"  # federated | federated-sign | federated-lowrank | public (README "Initialisation")
     samples: int = 32  # examples per client (federated) or from the public set (public)
     eta: float = 1e-3  # eta_init: size of the approximated first Adam step, dW = -eta * sign(sum of grads)
     svd: str = "lowrank"  # lowrank (torch.svd_lowrank) | exact
@@ -56,6 +56,8 @@ class InitConfig:
     niter: int = 2
     public_path: str | None = None  # public/proxy data for source = "public"; None = a held-out slice of the task
     batch_size: int = 16
+    lowrank_rank: int = 0  # r' of the federated-lowrank factors; 0 = 2 x adapter.rank
+    lowrank_bits: int = 32  # wire format of the federated-lowrank factors: 32 | 16 (float) | 8 | 4 | 2 (quantised)
 
 
 @dataclass
@@ -125,7 +127,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.device": ("cpu", "cuda", "auto"),
     "task.format": ("auto", "bigbench", "jsonl", "commonsense", "gsm8k", "metamath", "nli"),
-    "init.source": ("federated", "public"),
+    "init.source": ("federated", "federated-sign", "federated-lowrank", "public"),
     "init.svd": ("lowrank", "exact"),
     "federation.partition": ("iid", "dirichlet", "shards"),
     "federation.weighting": ("examples", "uniform"),
@@ -143,6 +145,8 @@ RANGES: list[tuple[str, float, float, bool]] = [
     ("init.oversample", 0, float("inf"), True),
     ("init.niter", 0, float("inf"), True),
     ("init.batch_size", 1, float("inf"), True),
+    ("init.lowrank_rank", 0, float("inf"), True),
+    ("init.lowrank_bits", 2, 32, True),
     ("federation.clients", 1, float("inf"), True),
     ("federation.rounds", 1, float("inf"), True),
     ("federation.fraction", 0, 1, False),

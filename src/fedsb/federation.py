@@ -15,7 +15,7 @@ from fedsb.adapters.lora_sb_init import gradient_sums, lora_sb_init_from_directi
 from fedsb.adapters.model import AdaptedModel
 from fedsb.config import RunConfig
 from fedsb.errors import FedsbError
-from fedsb.init_sources import get_init_source
+from fedsb.init_sources import init_source_for
 from fedsb.methods import get_method
 from fedsb.methods.base import Method
 from fedsb.models import LoadedModel, load_model, resolve_device
@@ -140,9 +140,14 @@ def assemble_federation(cfg: RunConfig, loaded: LoadedModel, task: TaskData) -> 
     return Federation(cfg, loaded, adapted, task, objective, shards, method, device)
 
 
+def layer_shapes(fed: Federation) -> dict[str, tuple[int, int]]:
+    """``(d_out, d_in)`` of every adapted layer: what the server checks init messages against."""
+    return {n: (layer.d_out, layer.d_in) for n, layer in fed.adapted.layers.items()}
+
+
 def client_init_message(fed: Federation, client: int) -> tuple[dict[str, torch.Tensor], int]:
     """A client's init upload: its encoded gradient sum over ``init.samples`` local examples."""
-    source = get_init_source(fed.cfg.init.source, fed.cfg.init.eta)
+    source = init_source_for(fed.cfg.init, fed.cfg.adapter.rank, layer_shapes(fed), fed.cfg.seed, client)
     batches = fed.init_batches(fed.shards[client], fed.cfg.seed * 7919 + client)
     sums, n = gradient_sums(fed.adapted, batches, fed.objective.loss, fed.objective.batch_size)
     return source.encode(sums, n), n
@@ -169,7 +174,7 @@ def initialise_adapters(fed: Federation, client_messages: list[tuple[dict[str, t
     if fed.method.adapter_mode != "lora-sb":
         fed.adapted.init_lora(cfg.seed)
         return {"upload_bytes": 0, "upload_params": 0}
-    source = get_init_source(cfg.init.source, cfg.init.eta)
+    source = init_source_for(cfg.init, cfg.adapter.rank, layer_shapes(fed), cfg.seed)
     if source.federated:
         if client_messages is None:
             client_messages = [client_init_message(fed, c) for c in range(len(fed.shards))]

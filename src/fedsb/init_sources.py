@@ -1,44 +1,73 @@
 """Where the LoRA-SB init gradient comes from, and what each source puts on the wire.
 
-- ``federated`` (default): each client uploads the float32 sum of its raw gradients over ``init.samples``
-  local examples; the server adds them and forms ``dW = -eta * sign(sum)``. Privacy: the server sees each
-  client's gradient sum (under DP it is clipped per example and noised, see the DP docs).
+- ``federated``: each client uploads the float32 sum of its raw gradients over ``init.samples`` local
+  examples (``4 d_out d_in`` bytes per layer); the server adds them and forms ``dW = -eta * sign(sum)``.
+  Privacy: the server sees each client's gradient sum (under DP it is clipped per example and noised).
 - ``public``: the server computes the sum on a public/proxy data set it holds; nothing is uploaded and
   no private data is touched.
+- ``federated-sign``: each client uploads only the sign of its gradient sum, 1 bit per element, packed
+  (``ceil(d_out d_in / 8)`` bytes per layer); the server takes the example-weighted majority vote per
+  element as the sign of the update. Privacy: the server sees each client's sign pattern (less than the
+  sum, still a function of private data).
+- ``federated-lowrank``: each client uploads a rank-r' factorisation ``left @ right.T`` of its gradient
+  sum (r' = ``init.lowrank_rank``, 0 = 2r); the server adds the products and takes the sign. The factors
+  travel as float32 (``lowrank_bits = 32``: ``4 r' (d_out + d_in)`` bytes per layer), float16 (16), or
+  quantised to 8, 4 or 2 bits per entry with one float32 scale per factor column (symmetric,
+  round-to-nearest after a seeded random rotation that every party derives from the layer name:
+  ``ceil(bits r' d / 8)`` bytes per factor plus ``4 r'`` for the scales). The sign of the sum only
+  changes where an entry is near zero, so a few bits per factor entry lose little (2 bits is too few).
+  Privacy: the server sees the top r' directions of each client's sum.
+
+Every ``combine`` validates what it receives (keys, dtype, shape, length, finite values) against the
+layer shapes the server holds and raises :class:`fedsb.errors.FedsbError` naming the bad message.
 """
 
 from __future__ import annotations
 
+import math
+import zlib
 from abc import ABC, abstractmethod
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from fedsb.adapters.lora_sb_init import update_direction
+from fedsb.adapters.lora_sb_init import truncated_svd, update_direction
 from fedsb.comm import payload_bytes, payload_params
+from fedsb.errors import FedsbError
+
+Shapes = dict[str, tuple[int, int]]
+Message = dict[str, Tensor]
 
 
 class InitSource(ABC):
-    """Client encoding and server combination of init gradient sums."""
+    """Client encoding and server combination of init gradient sums.
+
+    ``shapes`` maps each adapted layer to ``(d_out, d_in)``: the server checks messages against it (and
+    needs it to unpack bits). ``seed`` seeds a party's local randomness, never the global RNG.
+    """
 
     name: str
     federated: bool = True
 
-    def __init__(self, eta: float) -> None:
+    def __init__(self, eta: float, shapes: Shapes | None = None, seed: int = 0, **options: Any) -> None:
         self.eta = eta
+        self.shapes = dict(shapes) if shapes is not None else None
+        self.seed = seed
 
     @abstractmethod
-    def encode(self, grad_sums: dict[str, Tensor], num_examples: int) -> dict[str, Tensor]:
+    def encode(self, grad_sums: dict[str, Tensor], num_examples: int) -> Message:
         """What one client uploads for its local gradient sums."""
 
     @abstractmethod
-    def combine(self, messages: list[tuple[dict[str, Tensor], int]]) -> dict[str, Tensor]:
+    def combine(self, messages: list[tuple[Message, int]]) -> dict[str, Tensor]:
         """Per-layer update direction ``dW`` (d_out x d_in) from the clients' messages."""
 
-    def upload_bytes(self, message: dict[str, Tensor]) -> int:
+    def upload_bytes(self, message: Message) -> int:
         return payload_bytes(message, "float32")
 
-    def upload_params(self, message: dict[str, Tensor]) -> int:
+    def upload_params(self, message: Message) -> int:
         return payload_params(message)
 
 
@@ -47,10 +76,10 @@ class DenseInit(InitSource):
 
     name = "federated"
 
-    def encode(self, grad_sums: dict[str, Tensor], num_examples: int) -> dict[str, Tensor]:
+    def encode(self, grad_sums: dict[str, Tensor], num_examples: int) -> Message:
         return {k: v.to(torch.float32) for k, v in grad_sums.items()}
 
-    def combine(self, messages: list[tuple[dict[str, Tensor], int]]) -> dict[str, Tensor]:
+    def combine(self, messages: list[tuple[Message, int]]) -> dict[str, Tensor]:
         total = {k: torch.zeros_like(v) for k, v in messages[0][0].items()}
         for msg, _ in messages:
             for k, v in msg.items():
@@ -65,8 +94,274 @@ class PublicInit(DenseInit):
     federated = False
 
 
-INIT_SOURCES: dict[str, type[InitSource]] = {c.name: c for c in (DenseInit, PublicInit)}
+# --- shared checks ------------------------------------------------------------------------------------
 
 
-def get_init_source(name: str, eta: float) -> InitSource:
-    return INIT_SOURCES[name](eta)
+def _server_shapes(source: InitSource, messages: list[tuple[Message, int]]) -> Shapes:
+    if not messages:
+        raise FedsbError("no init messages arrived; the federated init needs at least one client")
+    if source.shapes is None:
+        raise FedsbError(f"the {source.name} init's server side needs the adapted layers' shapes")
+    return source.shapes
+
+
+def _check_keys(message: Message, expected: set[str], client: int) -> None:
+    if set(message) != expected:
+        missing, extra = sorted(expected - set(message)), sorted(set(message) - expected)
+        raise FedsbError(f"init message of client {client}: missing keys {missing[:3]}, unexpected keys {extra[:3]}; "
+                         "client and server must adapt the same layers")
+
+
+def _layer_seed(seed: int, name: str) -> int:
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
+
+
+def wire_bytes(message: Message) -> int:
+    """Exact bytes of a message's tensors: every tensor counts its own element size (uint8 bits packed 8 to a byte)."""
+    return sum(t.numel() * t.element_size() for t in message.values())
+
+
+# --- 1-bit sign votes ---------------------------------------------------------------------------------
+
+
+def pack_signs(values: Tensor) -> Tensor:
+    """1 bit per element (1 = positive, 0 = zero or negative), packed 8 to a byte, little-endian bit order.
+
+    Returns a flat ``uint8`` tensor of ``ceil(numel / 8)`` bytes; the unused high bits of the last byte are 0.
+    A bit has no room for 0, so an exactly-zero gradient votes negative (rare: it needs an input feature
+    that is zero on every token).
+    """
+    bits = (values.detach().reshape(-1) > 0).cpu().numpy()
+    return torch.from_numpy(np.packbits(bits, bitorder="little"))
+
+
+def unpack_signs(packed: Tensor, numel: int) -> Tensor:
+    """Votes ``+1`` / ``-1`` (int8) for the first ``numel`` bits of :func:`pack_signs`'s output."""
+    bits = np.unpackbits(packed.detach().cpu().numpy(), count=numel, bitorder="little")
+    return torch.from_numpy(bits.astype(np.int8) * 2 - 1)
+
+
+def majority_vote(votes: list[Tensor], weights: list[int]) -> Tensor:
+    """Sign of the weighted vote ``sum_i w_i v_i`` per element (float32 in {-1, 0, +1}).
+
+    Integer arithmetic, so the result does not depend on client order; an exact tie gives 0 (no step on
+    that element, as ``sign(0)`` gives in the dense init): deterministic, and biased towards neither sign.
+    """
+    total = torch.zeros(votes[0].shape, dtype=torch.int64)
+    for v, w in zip(votes, weights, strict=True):
+        total.add_(v.to(torch.int64), alpha=int(w))
+    return torch.sign(total).to(torch.float32)
+
+
+class SignInit(InitSource):
+    """Clients send 1-bit signs of their gradient sums; the server takes the example-weighted majority vote.
+
+    The weight of a client's vote is the number of examples in its gradient sum (the dense sum weighs
+    clients the same way, through the size of their sums).
+    """
+
+    name = "federated-sign"
+
+    def numel(self, name: str) -> int:
+        if self.shapes is None or name not in self.shapes:
+            raise FedsbError(f"layer {name!r} has no known shape; the sign init needs the adapted layers' shapes")
+        return self.shapes[name][0] * self.shapes[name][1]
+
+    def encode(self, grad_sums: dict[str, Tensor], num_examples: int) -> Message:
+        return {name: pack_signs(g) for name, g in grad_sums.items()}
+
+    def combine(self, messages: list[tuple[Message, int]]) -> dict[str, Tensor]:
+        shapes = _server_shapes(self, messages)
+        for c, (msg, n) in enumerate(messages):
+            _check_keys(msg, set(shapes), c)
+            if n <= 0:
+                raise FedsbError(f"init message of client {c} claims {n} examples; it must be > 0")
+            for name, t in msg.items():
+                want = math.ceil(self.numel(name) / 8)
+                if t.dtype != torch.uint8 or t.dim() != 1 or t.numel() != want:
+                    raise FedsbError(f"init message of client {c}, layer {name!r}: expected {want} packed uint8 bytes, "
+                                     f"got {t.dtype} of shape {tuple(t.shape)}")
+        weights = [n for _, n in messages]
+        out = {}
+        for name, (d_out, d_in) in shapes.items():
+            vote = majority_vote([unpack_signs(msg[name], d_out * d_in) for msg, _ in messages], weights)
+            out[name] = -self.eta * vote.reshape(d_out, d_in)
+        return out
+
+    def upload_bytes(self, message: Message) -> int:
+        return wire_bytes(message)
+
+    def upload_params(self, message: Message) -> int:
+        """Values encoded (one vote per element); ``upload_bytes`` has the packed size on the wire."""
+        return sum(self.numel(n) for n in message)
+
+
+# --- rank-r' factors ----------------------------------------------------------------------------------
+
+LOWRANK_BITS = (2, 4, 8, 16, 32)
+
+
+def pack_codes(codes: Tensor, bits: int) -> Tensor:
+    """Unsigned ``bits``-bit codes (values in [0, 2^bits)) packed into a flat uint8 tensor, little-endian."""
+    v = codes.detach().reshape(-1).cpu().numpy().astype(np.uint8)
+    per = 8 // bits
+    if per == 1:
+        return torch.from_numpy(v)
+    v = np.concatenate([v, np.zeros((-len(v)) % per, dtype=np.uint8)]).reshape(-1, per)
+    shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
+    return torch.from_numpy(np.bitwise_or.reduce(v << shifts, axis=1).astype(np.uint8))
+
+
+def unpack_codes(packed: Tensor, bits: int, count: int) -> Tensor:
+    """Inverse of :func:`pack_codes`: the first ``count`` codes as int64."""
+    b = packed.detach().cpu().numpy()
+    per = 8 // bits
+    if per == 1:
+        return torch.from_numpy(b[:count].astype(np.int64))
+    shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
+    v = (b[:, None] >> shifts) & np.uint8((1 << bits) - 1)
+    return torch.from_numpy(v.reshape(-1)[:count].astype(np.int64))
+
+
+def quantize_columns(x: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """Symmetric round-to-nearest quantisation with one float32 scale per column.
+
+    ``x ~= (code - qmax) * scale`` with ``qmax = 2^(bits-1) - 1``; returns the packed codes and the scales.
+    """
+    qmax = 2 ** (bits - 1) - 1
+    scale = x.abs().amax(dim=0) / qmax
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    codes = torch.round(x / safe).clamp(-qmax, qmax).to(torch.int64) + qmax
+    return pack_codes(codes, bits), scale.to(torch.float32)
+
+
+ROTATION_BLOCK = 256
+ROTATION_SEED = 0x5EED
+
+
+def random_rotation(d: int, seed: int, block: int = ROTATION_BLOCK) -> Tensor:
+    """A seeded random orthogonal ``d x d`` matrix, block-diagonal with blocks of at most ``block`` (memory ``d * block``).
+
+    Quantising ``H @ x`` instead of ``x`` spreads a few large entries (outlier features) over the whole
+    block, so a per-column scale stops wasting the code range on them; the server undoes it with ``H.T``.
+    Every party derives ``H`` from the layer name, so it costs nothing on the wire.
+    """
+    g = torch.Generator().manual_seed(seed)
+    h = torch.zeros(d, d)
+    for start in range(0, d, block):
+        n = min(block, d - start)
+        q, r = torch.linalg.qr(torch.randn(n, n, generator=g))
+        h[start : start + n, start : start + n] = q * torch.sign(torch.diagonal(r))
+    return h
+
+
+def dequantize_columns(packed: Tensor, scale: Tensor, bits: int, rows: int) -> Tensor:
+    qmax = 2 ** (bits - 1) - 1
+    k = scale.numel()
+    codes = unpack_codes(packed, bits, rows * k).reshape(rows, k)
+    return (codes - qmax).to(torch.float32) * scale
+
+
+class LowRankInit(InitSource):
+    """Clients send a rank-r' factorisation ``left @ right.T`` of each gradient sum; the server adds the products.
+
+    ``svd_lowrank`` (oversampled, ``niter`` power iterations, seeded locally per client and layer) gives the
+    factors; the singular values are folded into ``left``. ``bits`` picks the wire format of the factors.
+    """
+
+    name = "federated-lowrank"
+
+    def __init__(self, eta: float, shapes: Shapes | None = None, seed: int = 0, rank: int = 32, bits: int = 32,
+                 oversample: int = 8, niter: int = 2, **options: Any) -> None:
+        super().__init__(eta, shapes, seed)
+        if rank < 1:
+            raise FedsbError(f"init.lowrank_rank = {rank!r} must be >= 1 (or 0 for 2 x adapter.rank)")
+        if bits not in LOWRANK_BITS:
+            raise FedsbError(f"init.lowrank_bits = {bits!r} is not supported; choose one of {LOWRANK_BITS}")
+        self.rank, self.bits, self.oversample, self.niter = rank, bits, oversample, niter
+
+    def _pack(self, x: Tensor, key: str) -> dict[str, Tensor]:
+        if self.bits == 32:
+            return {"": x.to(torch.float32).contiguous()}
+        if self.bits == 16:
+            return {"": x.to(torch.float16).contiguous()}
+        codes, scale = quantize_columns(random_rotation(x.shape[0], _layer_seed(ROTATION_SEED, key)) @ x, self.bits)
+        return {"": codes, "_scale": scale}
+
+    def encode(self, grad_sums: dict[str, Tensor], num_examples: int) -> Message:
+        out: Message = {}
+        for name, g in grad_sums.items():
+            k = min(self.rank, *g.shape)
+            u, s, v = truncated_svd(g, k, "lowrank", self.oversample, self.niter, _layer_seed(self.seed, name))
+            for side, x in (("left", u * s), ("right", v)):  # d_out x k and d_in x k
+                out.update({f"{name}.{side}{suffix}": t for suffix, t in self._pack(x, f"{name}.{side}").items()})
+        return out
+
+    def _expected_keys(self, shapes: Shapes) -> set[str]:
+        suffixes = ("",) if self.bits >= 16 else ("", "_scale")
+        return {f"{n}.{side}{x}" for n in shapes for side in ("left", "right") for x in suffixes}
+
+    def _factor(self, msg: Message, key: str, rows: int, client: int) -> Tensor:
+        """One received factor as float32 (rows x k), checked against the declared rank and format."""
+        t = msg[key]
+        if self.bits >= 16:
+            want = torch.float32 if self.bits == 32 else torch.float16
+            if t.dtype != want or t.dim() != 2 or t.shape[0] != rows or not 1 <= t.shape[1] <= self.rank:
+                raise FedsbError(f"init message of client {client}, {key!r}: expected {want} of shape ({rows}, k <= "
+                                 f"{self.rank}), got {t.dtype} {tuple(t.shape)}")
+            x = t.to(torch.float32)
+        else:
+            scale = msg[f"{key}_scale"]
+            k = scale.numel()
+            if scale.dtype != torch.float32 or scale.dim() != 1 or not 1 <= k <= self.rank:
+                raise FedsbError(f"init message of client {client}, {key!r}: expected float32 scales of length <= "
+                                 f"{self.rank}, got {scale.dtype} {tuple(scale.shape)}")
+            want_len = math.ceil(rows * k * self.bits / 8)
+            if t.dtype != torch.uint8 or t.dim() != 1 or t.numel() != want_len:
+                raise FedsbError(f"init message of client {client}, {key!r}: expected {want_len} packed uint8 bytes, "
+                                 f"got {t.dtype} {tuple(t.shape)}")
+            x = random_rotation(rows, _layer_seed(ROTATION_SEED, key)).T @ dequantize_columns(t, scale, self.bits, rows)
+        if not torch.isfinite(x).all():
+            raise FedsbError(f"init message of client {client}, {key!r} has non-finite values; it is rejected")
+        return x
+
+    def combine(self, messages: list[tuple[Message, int]]) -> dict[str, Tensor]:
+        shapes = _server_shapes(self, messages)
+        expected = self._expected_keys(shapes)
+        factors: dict[str, list[tuple[Tensor, Tensor]]] = {n: [] for n in shapes}
+        for c, (msg, _) in enumerate(messages):
+            _check_keys(msg, expected, c)
+            for name, (d_out, d_in) in shapes.items():
+                left = self._factor(msg, f"{name}.left", d_out, c)
+                right = self._factor(msg, f"{name}.right", d_in, c)
+                if left.shape[1] != right.shape[1]:
+                    raise FedsbError(f"init message of client {c}, layer {name!r}: factors of ranks {left.shape[1]} and "
+                                     f"{right.shape[1]} differ")
+                factors[name].append((left, right))
+        out = {}
+        for name, pairs in factors.items():
+            left = torch.cat([p[0] for p in pairs], dim=1)
+            right = torch.cat([p[1] for p in pairs], dim=1)
+            out[name] = update_direction(left @ right.T, self.eta)
+        return out
+
+    def upload_bytes(self, message: Message) -> int:
+        return wire_bytes(message)
+
+
+INIT_SOURCES: dict[str, type[InitSource]] = {c.name: c for c in (DenseInit, PublicInit, SignInit, LowRankInit)}
+
+
+def get_init_source(name: str, eta: float, **options: Any) -> InitSource:
+    return INIT_SOURCES[name](eta, **options)
+
+
+def init_source_for(init: Any, adapter_rank: int, shapes: Shapes, run_seed: int, client: int | None = None) -> InitSource:
+    """The configured source (``init`` is the run's :class:`fedsb.config.InitConfig`) for one party.
+
+    ``client`` (None for the server) seeds that party's local sketch.
+    """
+    return get_init_source(
+        init.source, init.eta, shapes=shapes, seed=run_seed * 7919 + (client + 1 if client is not None else 0),
+        rank=init.lowrank_rank or 2 * adapter_rank, bits=init.lowrank_bits, oversample=init.oversample, niter=init.niter,
+    )

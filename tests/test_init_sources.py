@@ -1,0 +1,240 @@
+"""Init sources: sign votes, bit packing, low-rank factors, exact byte counts, message validation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fedsb.adapters.lora_sb_init import lora_sb_factors
+from fedsb.adapters.subspace import mean_cos2
+from fedsb.config import resolve
+from fedsb.errors import FedsbError, UsageError
+from fedsb.federation import initialise_adapters
+from fedsb.init_sources import (
+    DenseInit,
+    LowRankInit,
+    SignInit,
+    dequantize_columns,
+    majority_vote,
+    pack_codes,
+    pack_signs,
+    quantize_columns,
+    unpack_codes,
+    unpack_signs,
+)
+from fedsb.simulation import Simulator
+from tests.helpers import tiny_config, tiny_federation
+
+ETA = 1e-3
+SHAPES = {"l0": (12, 9), "l1": (7, 13)}
+
+
+def grads(seed: int, shapes=SHAPES) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {n: torch.randn(*s, generator=g) for n, s in shapes.items()}
+
+
+# --- bit packing ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 63, 13 * 7])
+def test_sign_packing_round_trips_odd_sizes(n: int) -> None:
+    x = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    x[0] = 0.0  # zero has no bit of its own: it votes negative
+    packed = pack_signs(x)
+    assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(n / 8)
+    votes = unpack_signs(packed, n)
+    expected = torch.where(x > 0, 1, -1).to(torch.int8)
+    assert torch.equal(votes, expected)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("n", [1, 5, 17])
+def test_code_packing_round_trips(bits: int, n: int) -> None:
+    codes = torch.randint(0, 2**bits, (n,), generator=torch.Generator().manual_seed(bits * 100 + n))
+    packed = pack_codes(codes, bits)
+    assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(n * bits / 8)
+    assert torch.equal(unpack_codes(packed, bits, n), codes)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_column_quantisation_error_is_at_most_half_a_step(bits: int) -> None:
+    x = torch.randn(50, 3, generator=torch.Generator().manual_seed(1)) * torch.tensor([1.0, 100.0, 0.01])
+    codes, scale = quantize_columns(x, bits)
+    y = dequantize_columns(codes, scale, bits, 50)
+    assert ((x - y).abs() <= scale / 2 + 1e-6 * scale).all()
+
+
+# --- majority vote -------------------------------------------------------------------------------------
+
+
+def test_majority_vote_equals_sign_of_sum_when_clients_agree() -> None:
+    base = grads(0)
+    # every client's sum has the same signs, different magnitudes
+    clients = [{n: g * (1 + 3 * torch.rand(g.shape, generator=torch.Generator().manual_seed(c))) for n, g in base.items()}
+               for c in range(3)]
+    src = SignInit(ETA, SHAPES)
+    out = src.combine([(src.encode(c, 5 + i), 5 + i) for i, c in enumerate(clients)])
+    dense = DenseInit(ETA).combine([(DenseInit(ETA).encode(c, 5), 5) for c in clients])
+    for n in SHAPES:
+        assert torch.equal(out[n], dense[n])
+        assert torch.equal(out[n], -ETA * torch.sign(base[n]))
+
+
+def test_weighted_votes_respect_example_counts() -> None:
+    pos = {n: torch.ones(s) for n, s in SHAPES.items()}
+    neg = {n: -torch.ones(s) for n, s in SHAPES.items()}
+    src = SignInit(ETA, SHAPES)
+    # one client with 10 examples outvotes two with 3 each, and the other way round
+    out = src.combine([(src.encode(pos, 10), 10), (src.encode(neg, 3), 3), (src.encode(neg, 3), 3)])
+    assert all(torch.equal(out[n], torch.full(s, -ETA)) for n, s in SHAPES.items())
+    out = src.combine([(src.encode(pos, 5), 5), (src.encode(neg, 3), 3), (src.encode(neg, 3), 3)])
+    assert all(torch.equal(out[n], torch.full(s, ETA)) for n, s in SHAPES.items())
+
+
+def test_ties_are_broken_deterministically_to_zero() -> None:
+    v = [torch.tensor([1, 1, -1], dtype=torch.int8), torch.tensor([-1, 1, 1], dtype=torch.int8)]
+    assert torch.equal(majority_vote(v, [4, 4]), torch.tensor([0.0, 1.0, 0.0]))
+    assert torch.equal(majority_vote(v[::-1], [4, 4]), majority_vote(v, [4, 4]))
+
+
+# --- low-rank ------------------------------------------------------------------------------------------
+
+
+def test_lowrank_factors_of_sufficient_rank_reproduce_the_dense_init() -> None:
+    shapes = {"a": (40, 30), "b": (25, 35)}
+    g = torch.Generator().manual_seed(3)
+    true_rank = 3
+    clients = [{n: torch.randn(d_out, true_rank, generator=g) @ torch.randn(true_rank, d_in, generator=g)
+                for n, (d_out, d_in) in shapes.items()} for _ in range(3)]
+    dense = DenseInit(ETA).combine([(c, 8) for c in clients])
+    for r_prime in (true_rank, 2 * true_rank):
+        msgs = [(LowRankInit(ETA, shapes, seed=i, rank=r_prime).encode(c, 8), 8) for i, c in enumerate(clients)]
+        low = LowRankInit(ETA, shapes, rank=r_prime).combine(msgs)
+        for n in shapes:
+            b_d, a_d, _ = lora_sb_factors(dense[n], 4, 1.0, "exact")
+            b_l, a_l, _ = lora_sb_factors(low[n], 4, 1.0, "exact")
+            assert mean_cos2(b_d, b_l) > 0.999 and mean_cos2(a_d.T, a_l.T) > 0.999
+
+
+def test_lowrank_below_true_rank_differs_from_dense() -> None:
+    """The reproduction test above can fail: too few factors do change the init."""
+    shapes = {"a": (40, 30)}
+    clients = [grads(10 + c, shapes) for c in range(3)]  # full rank
+    dense = DenseInit(ETA).combine([(c, 8) for c in clients])["a"]
+    low = LowRankInit(ETA, shapes, rank=1).combine([(LowRankInit(ETA, shapes, rank=1).encode(c, 8), 8) for c in clients])["a"]
+    b_d, _, _ = lora_sb_factors(dense, 4, 1.0, "exact")
+    b_l, _, _ = lora_sb_factors(low, 4, 1.0, "exact")
+    assert mean_cos2(b_d, b_l) < 0.9
+
+
+@pytest.mark.parametrize(("bits", "min_agree"), [(16, 0.99), (8, 0.98), (4, 0.9)])
+def test_quantised_lowrank_stays_close_to_float32(bits: int, min_agree: float) -> None:
+    shapes = {"a": (64, 48)}
+    g = torch.Generator().manual_seed(5)
+    clients = [{"a": torch.randn(64, 2, generator=g) @ torch.randn(2, 48, generator=g)} for _ in range(3)]
+    full = LowRankInit(ETA, shapes, rank=4).combine([(LowRankInit(ETA, shapes, rank=4).encode(c, 8), 8) for c in clients])["a"]
+    src = LowRankInit(ETA, shapes, rank=4, bits=bits)
+    q = src.combine([(src.encode(c, 8), 8) for c in clients])["a"]
+    assert (torch.sign(q) == torch.sign(full)).float().mean() > min_agree
+
+
+# --- byte counts ---------------------------------------------------------------------------------------
+
+
+def test_one_time_bytes_equal_the_formulas() -> None:
+    shapes = {"odd": (5, 7), "sq": (384, 384), "wide": (3, 40)}
+    sums = grads(1, shapes)
+    sign = SignInit(ETA, shapes)
+    msg = sign.encode(sums, 4)
+    assert sign.upload_bytes(msg) == sum(math.ceil(o * i / 8) for o, i in shapes.values())
+    assert sign.upload_params(msg) == sum(o * i for o, i in shapes.values())
+    r = 4
+    for bits, per_layer in [
+        (32, lambda o, i, k: 4 * k * (o + i)),
+        (16, lambda o, i, k: 2 * k * (o + i)),
+        (8, lambda o, i, k: k * (o + i) + 2 * 4 * k),
+        (4, lambda o, i, k: math.ceil(4 * k * o / 8) + math.ceil(4 * k * i / 8) + 2 * 4 * k),
+    ]:
+        src = LowRankInit(ETA, shapes, rank=r, bits=bits)
+        # a layer smaller than r' sends min(r', d) factors
+        expected = sum(per_layer(o, i, min(r, o, i)) for o, i in shapes.values())
+        assert src.upload_bytes(src.encode(sums, 4)) == expected, bits
+    dense = DenseInit(ETA, shapes)
+    assert dense.upload_bytes(dense.encode(sums, 4)) == sum(4 * o * i for o, i in shapes.values())
+
+
+# --- validation ----------------------------------------------------------------------------------------
+
+
+def test_sign_rejects_malformed_messages() -> None:
+    src = SignInit(ETA, SHAPES)
+    good = src.encode(grads(0), 4)
+    with pytest.raises(FedsbError, match="packed uint8"):
+        src.combine([({**good, "l0": good["l0"][:-1]}, 4)])
+    with pytest.raises(FedsbError, match="packed uint8"):
+        src.combine([({**good, "l0": good["l0"].to(torch.int16)}, 4)])
+    with pytest.raises(FedsbError, match="missing keys"):
+        src.combine([({"l0": good["l0"]}, 4)])
+    with pytest.raises(FedsbError, match="examples"):
+        src.combine([(good, 0)])
+
+
+def test_lowrank_rejects_malformed_messages() -> None:
+    src = LowRankInit(ETA, SHAPES, rank=2)
+    good = src.encode(grads(0), 4)
+    bad = dict(good)
+    bad["l0.left"] = torch.full_like(good["l0.left"], float("nan"))
+    with pytest.raises(FedsbError, match="non-finite"):
+        src.combine([(bad, 4)])
+    too_big = LowRankInit(ETA, SHAPES, rank=3).encode(grads(0), 4)
+    with pytest.raises(FedsbError, match="k <= 2"):
+        src.combine([(too_big, 4)])
+    q = LowRankInit(ETA, SHAPES, rank=2, bits=4)
+    with pytest.raises(FedsbError, match="missing keys"):
+        q.combine([(good, 4)])
+    with pytest.raises(FedsbError, match="lowrank_bits"):
+        LowRankInit(ETA, SHAPES, bits=3)
+
+
+# --- through the federation ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("source", "extra"), [("federated-sign", {}), ("federated-lowrank", {}),
+                                                ("federated-lowrank", {"lowrank_rank": 3, "lowrank_bits": 4})])
+def test_initialise_adapters_reports_the_exact_wire_bytes(source: str, extra: dict) -> None:
+    fed = tiny_federation(init={"source": source, **extra})
+    up = initialise_adapters(fed)
+    dims = [(layer.d_out, layer.d_in) for layer in fed.adapted.layers.values()]
+    if source == "federated-sign":
+        assert up["upload_bytes"] == sum(math.ceil(o * i / 8) for o, i in dims)
+    elif not extra:
+        k = 2 * fed.cfg.adapter.rank  # init.lowrank_rank = 0 means 2r
+        assert up["upload_bytes"] == sum(4 * min(k, o, i) * (o + i) for o, i in dims)
+    else:
+        assert up["upload_bytes"] == sum(math.ceil(4 * 3 * o / 8) + math.ceil(4 * 3 * i / 8) + 8 * 3 for o, i in dims)
+    for layer in fed.adapted.layers.values():  # B has orthonormal columns, A orthonormal rows
+        b, a = layer.lora_B.weight, layer.lora_A.weight
+        assert torch.allclose(b.T @ b, torch.eye(b.shape[1]), atol=1e-4)
+        assert torch.allclose(a @ a.T, torch.eye(a.shape[0]), atol=1e-4)
+
+
+def test_simulated_run_with_sign_init_records_one_time_upload() -> None:
+    cfg = tiny_config(init={"source": "federated-sign"}, federation={"rounds": 1})
+    res = Simulator(cfg, progress=False).run()
+    one = res.summary["comm"]["one_time"]
+    dims = [(layer.d_out, layer.d_in) for layer in res.fed.adapted.layers.values()]
+    assert one["init_upload_bytes_per_client"] == sum(math.ceil(o * i / 8) for o, i in dims)
+    assert one["init_upload_params_per_client"] == sum(o * i for o, i in dims)
+    assert res.rows[-1]["accuracy"] is not None
+
+
+def test_config_accepts_the_new_sources_and_rejects_bad_options() -> None:
+    cfg = resolve(None, [("init.source", "federated-lowrank"), ("init.lowrank_rank", "8"), ("init.lowrank_bits", "4")])
+    assert (cfg.init.source, cfg.init.lowrank_rank, cfg.init.lowrank_bits) == ("federated-lowrank", 8, 4)
+    with pytest.raises(UsageError, match="did you mean 'federated-sign'"):
+        resolve(None, [("init.source", "federated-sing")])
+    with pytest.raises(UsageError, match="lowrank_rank"):
+        resolve(None, [("init.lowrank_rank", "-1")])

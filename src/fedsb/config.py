@@ -70,6 +70,8 @@ class FederationConfig:
     shards_per_client: int = 2
     weighting: str = "examples"  # examples (p_i = n_i / sum n) | uniform
     min_clients: int = 1  # a round is skipped when fewer valid updates arrive
+    norm_factor: float = 100.0  # reject an update whose norm exceeds norm_factor x the round's median (0 = off)
+    max_examples_factor: float = 100.0  # reject a declared example count above this x the round's median (0 = off)
 
 
 @dataclass
@@ -153,6 +155,9 @@ RANGES: list[tuple[str, float, float, bool]] = [
     ("federation.dirichlet_alpha", 0, float("inf"), False),
     ("federation.shards_per_client", 1, float("inf"), True),
     ("federation.min_clients", 1, float("inf"), True),
+    ("federation.norm_factor", 0, float("inf"), True),
+    ("federation.max_examples_factor", 0, float("inf"), True),
+    ("seed", 0, 2**32 - 1, True),
     ("train.local_steps", 1, float("inf"), True),
     ("train.local_epochs", 0, float("inf"), False),
     ("train.batch_size", 1, float("inf"), True),
@@ -196,7 +201,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _did_you_mean(key: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(key, options, n=1)
+    close = difflib.get_close_matches(str(key), options, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -229,11 +234,16 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         raise UsageError(f"{key} must be true or false, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -(2**63) <= value < 2**63:
+                raise UsageError(f"{key} = {value} is too large; use a 64-bit integer")
             return value
         raise UsageError(f"{key} must be an integer, got {type(value).__name__} {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise UsageError(f"{key} = {value} is too large for a number") from None
         raise UsageError(f"{key} must be a number, got {type(value).__name__} {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -298,12 +308,19 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_TOP_KEYS = [f.name for f in fields(RunConfig)]
+_DOTTED_KEYS = [f"{f.name}.{g.name}" for f in fields(RunConfig) if dataclasses.is_dataclass(f.default_factory)  # type: ignore[arg-type]
+                for g in fields(f.default_factory)]  # type: ignore[arg-type]
+
+
 def overrides_to_dict(pairs: list[tuple[str, str]]) -> dict[str, Any]:
     """``[("rank", "8"), ("dp.epsilon", "1")]`` -> ``{"adapter": {"rank": 8}, "dp": {"epsilon": 1}}``."""
     out: dict[str, Any] = {}
     for key, raw in pairs:
         dotted = ALIASES.get(key, key).replace("-", "_")
         parts = dotted.split(".")
+        if len(parts) == 1 and parts[0] not in _TOP_KEYS:
+            raise UsageError(f"unknown option --{key}{_did_you_mean(key, list(ALIASES) + _DOTTED_KEYS)}; see `fedsb run --help`")
         if len(parts) > 2:
             raise UsageError(f"override --{key}: keys have at most one dot (section.key)")
         value: Any = raw if parts[-1] in ("name", "path", "out", "method") else parse_value(raw)
@@ -333,13 +350,19 @@ def validate(cfg: RunConfig) -> RunConfig:
         v = _get(cfg, key)
         if v is None:
             continue
-        if v != v or (v < lo if lo_incl else v <= lo) or v > hi:  # v != v catches NaN
+        if v != v or v in (float("inf"), float("-inf")) or (v < lo if lo_incl else v <= lo) or v > hi:  # v != v: NaN
             lo_s = f">= {lo:g}" if lo_incl else f"> {lo:g}"
             hi_s = "" if hi == float("inf") else f" and <= {hi:g}"
             raise UsageError(f"{key} = {v!r} is out of range; it must be {lo_s}{hi_s}")
     if cfg.federation.min_clients > cfg.federation.clients:
         raise UsageError(
             f"federation.min_clients = {cfg.federation.min_clients} exceeds federation.clients = {cfg.federation.clients}; lower it"
+        )
+    per_round = max(1, round(cfg.federation.fraction * cfg.federation.clients))
+    if cfg.federation.min_clients > per_round:
+        raise UsageError(
+            f"federation.min_clients = {cfg.federation.min_clients} exceeds the {per_round} clients sampled per round "
+            "(fraction x clients), so every round would be skipped; lower it or raise federation.fraction"
         )
     if cfg.dp.mode != "off" and cfg.dp.epsilon is None and cfg.dp.noise_multiplier is None:
         raise UsageError(f"dp.mode = {cfg.dp.mode!r} needs dp.epsilon (a privacy budget) or dp.noise_multiplier")

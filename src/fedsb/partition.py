@@ -7,7 +7,7 @@ import logging
 from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, ShardPartitioner
 
-from fedsb.errors import FedsbError
+from fedsb.errors import UsageError
 
 
 def partition_indices(
@@ -16,7 +16,7 @@ def partition_indices(
     """Indices of the examples each client holds. Every client gets at least one example."""
     n = len(labels)
     if num_clients > n:
-        raise FedsbError(f"federation.clients = {num_clients} exceeds the {n} training examples; use fewer clients")
+        raise UsageError(f"federation.clients = {num_clients} exceeds the {n} training examples; use fewer clients")
     ds = Dataset.from_dict({"label": labels, "idx": list(range(n))})
     if scheme == "iid":
         part = IidPartitioner(num_partitions=num_clients)
@@ -28,19 +28,19 @@ def partition_indices(
     elif scheme == "shards":
         num_shards = num_clients * shards_per_client
         if num_shards > n:
-            raise FedsbError(f"{num_shards} shards for {n} examples; lower federation.shards_per_client or clients")
+            raise UsageError(f"{num_shards} shards for {n} examples; lower federation.shards_per_client or clients")
         part = ShardPartitioner(
             num_partitions=num_clients, partition_by="label", num_shards_per_partition=shards_per_client,
             shuffle=True, seed=seed,
         )
     else:
-        raise FedsbError(f"unknown partition scheme {scheme!r}; choose iid, dirichlet or shards")
+        raise UsageError(f"unknown partition scheme {scheme!r}; choose iid, dirichlet or shards")
     part.dataset = ds
     logging.getLogger("flwr_datasets").setLevel(logging.ERROR)
     try:
         out = [sorted(part.load_partition(i)["idx"]) for i in range(num_clients)]
     except ValueError as e:
-        raise FedsbError(f"cannot split {n} examples over {num_clients} clients with {scheme!r}: {e}") from None
+        raise UsageError(f"cannot split {n} examples over {num_clients} clients with {scheme!r}: {e}") from None
     if scheme == "shards":
         # ShardPartitioner drops the n mod num_shards remainder; hand it out in turn so no data is lost.
         used = {i for part in out for i in part}
@@ -49,5 +49,5 @@ def partition_indices(
         out = [sorted(p) for p in out]
     empty = [i for i, o in enumerate(out) if not o]
     if empty:
-        raise FedsbError(f"clients {empty} got no examples with {scheme!r}; use fewer clients or a larger dirichlet_alpha")
+        raise UsageError(f"clients {empty} got no examples with {scheme!r}; use fewer clients or a larger dirichlet_alpha")
     return out

@@ -78,7 +78,8 @@ class Simulator:
         self.on_round = on_round
         self.progress = progress
         self.comm = CommLedger(wire_dtype=wire_dtype)
-        self.validator = UpdateValidator(cfg.federation.min_clients)
+        # A declared example count above the whole training set is impossible (README "Failure handling").
+        self.validator = UpdateValidator.from_config(cfg, max_examples=len(self.fed.task.train))
         self.rows: list[dict[str, Any]] = []
         self.state: ServerState | None = None
         self.one_time: dict[str, int] = {}

@@ -2,7 +2,10 @@
 
 An update is rejected (and excluded, with the client id and reason logged in ``metrics.jsonl``) when its
 names differ from what the method expects, a tensor has the wrong shape or dtype or a non-finite value,
-its norm is far above the round's median, or its declared example count is not positive.
+its norm is far above the round's median, or its declared example count is not positive or implausible
+(above ``max_examples``, e.g. the whole data set, or far above the round's median count). The bounds come
+from ``federation.norm_factor`` and ``federation.max_examples_factor`` (:meth:`UpdateValidator.from_config`).
+Robust checks against the round's median need at least three valid updates.
 """
 
 from __future__ import annotations
@@ -12,14 +15,24 @@ import math
 import torch
 from torch import Tensor
 
+from fedsb.config import RunConfig
 from fedsb.methods.base import ClientUpdate
 
 
 class UpdateValidator:
-    def __init__(self, min_clients: int = 1, norm_factor: float = 100.0, max_examples: int | None = None) -> None:
+    def __init__(
+        self, min_clients: int = 1, norm_factor: float = 100.0, max_examples: int | None = None, examples_factor: float = 0.0
+    ) -> None:
         self.min_clients = min_clients
         self.norm_factor = norm_factor  # reject updates whose norm exceeds norm_factor x the round median
-        self.max_examples = max_examples
+        self.max_examples = max_examples  # absolute cap on a declared example count (None = none)
+        self.examples_factor = examples_factor  # reject counts above examples_factor x the round median (0 = off)
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, max_examples: int | None = None) -> UpdateValidator:
+        """The validator a run's config asks for; ``max_examples``: the most examples any client can hold."""
+        f = cfg.federation
+        return cls(f.min_clients, f.norm_factor, max_examples, f.max_examples_factor)
 
     def check(self, update: ClientUpdate, reference: dict[str, Tensor], names: list[str]) -> str | None:
         """The reason to reject ``update``, or None. ``reference`` gives expected shapes of broadcast tensors."""
@@ -41,7 +54,9 @@ class UpdateValidator:
             if ref is not None and tuple(t.shape) != tuple(ref.shape):
                 return f"{k} has shape {tuple(t.shape)}, expected {tuple(ref.shape)}"
             if not bool(torch.isfinite(t).all()):
-                return f"{k} contains NaN or Inf"
+                nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+                what = " and ".join(w for w, c in (("NaN", nan), ("Inf", inf)) if c)
+                return f"{k} contains {what} values (non-finite: {nan + inf} of {t.numel()})"
         return None
 
     @staticmethod
@@ -59,6 +74,16 @@ class UpdateValidator:
         for u in updates:
             why = self.check(u, ref, names)
             (rejected.append((u, why)) if why else accepted.append(u))
+        if len(accepted) >= 3 and self.examples_factor:
+            counts = sorted(u.num_examples for u in accepted)
+            median = counts[len(counts) // 2]
+            keep = []
+            for u in accepted:
+                if u.num_examples > self.examples_factor * median:
+                    rejected.append((u, f"example count {u.num_examples} exceeds {self.examples_factor:g}x the round median {median}"))
+                else:
+                    keep.append(u)
+            accepted = keep
         if len(accepted) >= 3 and self.norm_factor:
             norms = [self.norm(u) for u in accepted]
             median = sorted(norms)[len(norms) // 2]

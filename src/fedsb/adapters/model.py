@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
 from fedsb.adapters.layer import AdapterLayer, AdapterMode, lora_a_init
-from fedsb.errors import FedsbError
+from fedsb.errors import UsageError
 
 
 def _matches(name: str, targets: Iterable[str]) -> bool:
@@ -53,7 +53,7 @@ class AdaptedModel(nn.Module):
         head_names = list(head)
         candidates = [(n, m) for n, m in candidates if not _matches(n, head_names)]
         if not candidates:
-            raise FedsbError(
+            raise UsageError(
                 f"target modules {self.targets} match no linear layer in the model; "
                 f"set model.targets to some of: {', '.join(linear_module_names(model))}"
             )
@@ -63,14 +63,14 @@ class AdaptedModel(nn.Module):
             try:
                 layer = AdapterLayer(module, mode, rank, self.alpha)
             except ValueError as e:
-                raise FedsbError(f"cannot adapt {name}: {e}; lower adapter.rank") from None
+                raise UsageError(f"cannot adapt {name}: {e}; lower adapter.rank") from None
             setattr(parent, child, layer)
             self.layers[name] = layer
         self.head_modules: dict[str, nn.Module] = {}
         for h in head_names:
             found = [(n, m) for n, m in model.named_modules() if n and _matches(n, [h])]
             if not found:
-                raise FedsbError(f"head module {h!r} not found in the model; set model.head to an existing module or []")
+                raise UsageError(f"head module {h!r} not found in the model; set model.head to an existing module or []")
             for n, m in found:
                 self.head_modules[n] = m
                 for p in m.parameters():

@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    if argv and argv[0] == "--debug":  # `fedsb --debug run ...`: the subcommand comes next
+        argv = argv[1:]
     parser = build_parser()
     try:
         if argv and argv[0] == "run" and not ({"-h", "--help"} & set(argv)):

@@ -97,7 +97,7 @@ def _from_pretrained(loader, path: str, **kw):
     local_only = Path(path).is_dir() or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
     try:
         return loader.from_pretrained(path, local_files_only=local_only, **kw)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a directory without a usable config.json
         raise FedsbError(
             f"cannot load model {path!r} ({str(e).splitlines()[0][:160]}); pass a local model directory "
             "or a hub id that is in the local cache (offline), or a builtin: minilm, smollm2, tiny-bert, tiny-llama, tiny-gpt2"

@@ -97,13 +97,15 @@ class EvalConfig:
 
 @dataclass
 class DPConfig:
-    mode: str = "off"  # off | sample (DP-SGD in each client) | client (clip + server noise)
-    epsilon: float | None = None
-    delta: float | None = None  # None = 1 / N_client (sample) or 1 / clients (client)
-    max_grad_norm: float = 1.0
+    mode: str = "off"  # off | sample (DP-SGD in each client) | client (clip + server noise); README "Differential privacy"
+    epsilon: float | None = None  # target/budget over the whole run; the run stops before exceeding it
+    delta: float | None = None  # None = 1 / max N_client (sample) or 1 / clients (client)
+    max_grad_norm: float = 1.0  # clipping norm C: per example (sample) or per client update (client)
     noise_multiplier: float | None = None  # None = solved from epsilon over the whole planned run
     allow_loose_delta: bool = False
 
+    accountant: str = "rdp"  # rdp | prv (Opacus accountants)
+    init_noise_multiplier: float | None = None  # privatised LoRA-SB init; None = the training noise multiplier
 
 @dataclass
 class RunConfig:
@@ -138,6 +140,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dp.mode": ("off", "sample", "client"),
 }
 
+    "dp.accountant": ("rdp", "prv"),
 # (key, lower bound, upper bound, lower inclusive): numeric ranges checked by validate().
 RANGES: list[tuple[str, float, float, bool]] = [
     ("adapter.rank", 1, float("inf"), True),
@@ -178,6 +181,7 @@ RANGES: list[tuple[str, float, float, bool]] = [
     ("dp.noise_multiplier", 0, float("inf"), True),
 ]
 
+    ("dp.init_noise_multiplier", 0, float("inf"), True),
 # Short command-line flags for the most common keys.
 ALIASES: dict[str, str] = {
     "method": "method",

@@ -145,8 +145,17 @@ def layer_shapes(fed: Federation) -> dict[str, tuple[int, int]]:
     return {n: (layer.d_out, layer.d_in) for n, layer in fed.adapted.layers.items()}
 
 
-def client_init_message(fed: Federation, client: int) -> tuple[dict[str, torch.Tensor], int]:
-    """A client's init upload: its encoded gradient sum over ``init.samples`` local examples."""
+def client_init_message(fed: Federation, client: int, privatised_by_caller: bool = False) -> tuple[dict[str, torch.Tensor], int]:
+    """A client's init upload: its encoded gradient sum over ``init.samples`` local examples.
+
+    Raw gradient sums of private data: refused when DP is on, unless the caller privatises them
+    (``fedsb.privacy``); the DP trainers build the private messages instead.
+    """
+    if fed.cfg.dp.mode != "off" and not privatised_by_caller:
+        raise FedsbError(
+            f"refusing a non-private LoRA-SB init on client data with dp.mode = {fed.cfg.dp.mode!r}; "
+            "use the DP trainer's init_messages (fedsb.privacy.make_dp_trainer) or init.source = public"
+        )
     source = init_source_for(fed.cfg.init, fed.cfg.adapter.rank, layer_shapes(fed), fed.cfg.seed, client)
     batches = fed.init_batches(fed.shards[client], fed.cfg.seed * 7919 + client)
     sums, n = gradient_sums(fed.adapted, batches, fed.objective.loss, fed.objective.batch_size)

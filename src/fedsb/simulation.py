@@ -89,10 +89,13 @@ class Simulator:
     def initialise(self) -> ServerState:
         fed = self.fed
         t0 = time.perf_counter()
-        up = initialise_adapters(fed)
+        init_messages = getattr(self.trainer, "init_messages", None)  # a DP trainer privatises the init upload
+        up = initialise_adapters(fed, init_messages(fed) if init_messages else None)
         self.init_seconds = time.perf_counter() - t0
         k = len(fed.shards)
         one_time_down = {n: t for n, t in fed.adapted.get_state(fed.method.one_time_names(fed.adapted)).items()}
+        self.stop_reason: str | None = None  # set when the trainer's budget ends the run early
+        self.final_round: int | None = None
         self.one_time = {
             "init_upload_params_per_client": up["upload_params"],
             "init_upload_bytes_per_client": up["upload_bytes"],
@@ -150,7 +153,10 @@ class Simulator:
         }
         extra_metrics = {k: v for u in accepted for k, v in u.metrics.items() if k != "train_loss"}
         row.update({k: v for k, v in extra_metrics.items() if isinstance(v, (int, float))})
-        if round_idx % self.cfg.eval.every == 0 or round_idx == self.cfg.federation.rounds:
+        report = getattr(self.trainer, "round_report", None)  # e.g. epsilon spent so far (DP trainers)
+        if report is not None:
+            row.update(report(round_idx))
+        if round_idx % self.cfg.eval.every == 0 or round_idx == self.cfg.federation.rounds or round_idx == self.final_round:
             row.update(self.evaluate())
         row["seconds"] = round(time.perf_counter() - t0, 3)
         self._next_payload = next_payload
@@ -163,7 +169,8 @@ class Simulator:
         if self.state is None:
             self.initialise()
             fed.method.load_adapter(fed.adapted, fed.method.broadcast(self.state))
-            row0 = {"round": 0, **self.evaluate(), "seconds": round(self.init_seconds, 3)}
+            report = getattr(self.trainer, "round_report", None)  # DP: what the init has spent
+            row0 = {"round": 0, **self.evaluate(), **(report(0) if report else {}), "seconds": round(self.init_seconds, 3)}
             self.rows.append(row0)
             if self.on_round:
                 self.on_round(row0)
@@ -181,7 +188,14 @@ class Simulator:
         wall = time.perf_counter() - t_start
         return SimulationResult(self.rows, self.state, self.comm, self.summary(wall), fed)
 
+            budget_stop = getattr(self.trainer, "budget_stop", None)  # DP: stop before overspending epsilon
     def summary(self, wall_seconds: float) -> dict[str, Any]:
+                if budget_stop is not None:
+                    self.stop_reason = budget_stop([r])
+                    if self.stop_reason:
+                        break
+                    if r < rounds and budget_stop([r, r + 1]):
+                        self.final_round = r  # evaluate it: it is the last round the budget allows
         fed, cfg = self.fed, self.cfg
         k_round = max(1, round(cfg.federation.fraction * cfg.federation.clients))
         up, down = analytic_round_params(fed, k_round)
@@ -223,3 +237,5 @@ class Simulator:
             "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),
         }
+            **({"stopped_early": self.stop_reason} if self.stop_reason else {}),
+            **({"privacy": self.trainer.privacy_summary()} if hasattr(self.trainer, "privacy_summary") else {}),

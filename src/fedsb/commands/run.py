@@ -14,6 +14,7 @@ from fedsb.errors import Interrupted, UsageError
 from fedsb.export import export_peft
 from fedsb.federation import build_federation
 from fedsb.plots import plot_curves
+from fedsb.privacy import make_dp_trainer
 from fedsb.rundir import RunDir
 from fedsb.simulation import SimulationResult, Simulator
 from fedsb.state_io import save_tensors
@@ -22,11 +23,27 @@ COLUMNS = [("round", 5, "{:d}"), ("accuracy", 8, "{:.4f}"), ("loss", 8, "{:.4f}"
            ("clients_accepted", 7, "{:d}"), ("upload_params_per_client", 10, "{:,d}"),
            ("download_params_per_client", 10, "{:,d}"), ("seconds", 7, "{:.1f}")]
 HEADERS = ["round", "test acc", "test loss", "train loss", "clients", "up/client", "down/client", "secs"]
+EPS_COLUMN, EPS_HEADER = ("epsilon", 7, "{:.3f}"), "eps(max)"  # shown when DP is on
 
 
-def fmt_row(row: dict[str, Any]) -> str:
+def dp_columns(cfg: RunConfig) -> tuple[list[tuple[str, int, str]], list[str]]:
+    """The table's columns: the defaults, plus the epsilon spent so far when DP is on."""
+    if cfg.dp.mode == "off":
+        return COLUMNS, HEADERS
+    return COLUMNS[:-1] + [EPS_COLUMN, COLUMNS[-1]], HEADERS[:-1] + [EPS_HEADER, HEADERS[-1]]
+
+
+def make_simulator(cfg: RunConfig, fed: Any, progress: bool) -> Simulator:
+    """The simulator, with the DP client trainer when ``dp.mode`` is not off (README "Differential privacy")."""
+    dp = make_dp_trainer(fed)
+    if dp is None:
+        return Simulator(cfg, fed=fed, progress=progress)
+    return Simulator(cfg, fed=fed, trainer=dp, progress=progress)
+
+
+def fmt_row(row: dict[str, Any], columns: list[tuple[str, int, str]] | None = None, headers: list[str] | None = None) -> str:
     cells = []
-    for (key, width, f), _ in zip(COLUMNS, HEADERS, strict=True):
+    for (key, width, f), _ in zip(columns or COLUMNS, headers or HEADERS, strict=True):
         v = row.get(key)
         cells.append(("-" if v is None else f.format(v)).rjust(max(width, len(_))))
     return "  ".join(cells)
@@ -59,7 +76,7 @@ def run(cfg: RunConfig, overwrite: bool = False, console: Console | None = None,
     # The old directory is only replaced once the model and data have loaded (bad input never destroys it).
     rundir = RunDir.create(out, overwrite=overwrite)
     rundir.write_config(cfg.to_dict())
-    sim = Simulator(cfg, fed=fed, progress=progress)
+    sim = make_simulator(cfg, fed, progress)
     return _execute(sim, rundir, console, start_round=1)
 
 
@@ -91,7 +108,7 @@ def resume(run_dir: str | Path, overrides: list[tuple[str, str]] | None = None, 
     console.print(f"[bold]fedsb[/bold] resuming {rd} after round {ckpt.round} of {rounds}: {cfg.method} r={cfg.adapter.rank}, "
                   f"model {cfg.model.name}, task {cfg.task.name}")
     fed = build_federation(cfg)
-    sim = Simulator(cfg, fed=fed, progress=progress)
+    sim = make_simulator(cfg, fed, progress)
     start = restore_checkpoint(sim, ckpt)
     rundir = RunDir(rd)
     remove_stale_temp(rd)  # temp files of an atomic write the crash interrupted
@@ -105,7 +122,14 @@ def _execute(sim: Simulator, rundir: RunDir, console: Console, start_round: int)
     sizes = [len(s) for s in fed.shards]
     console.print(f"clients hold {sizes} training examples ({cfg.federation.partition}); {len(fed.task.test)} test examples; "
                   f"{fed.adapted.num_trainable():,} trainable parameters in {len(fed.adapted.layers)} adapted layers")
-    header = "  ".join(h.rjust(max(w, len(h))) for (_, w, _), h in zip(COLUMNS, HEADERS, strict=True))
+    columns, headers = dp_columns(cfg)
+    header = "  ".join(h.rjust(max(w, len(h))) for (_, w, _), h in zip(columns, headers, strict=True))
+    dp_summary = getattr(sim.trainer, "privacy_summary", None)
+    if dp_summary is not None:
+        ps = dp_summary()
+        sigmas = sorted({round(p["noise_multiplier"], 4) for p in ps["parties"].values()})
+        console.print(f"[bold]{ps['label']}[/bold]: target epsilon {ps['target_epsilon']}, delta {ps['delta']:.3g}, "
+                      f"clip {ps['max_grad_norm']:g}, noise multiplier {', '.join(map(str, sigmas))} ({ps['accountant']})")
     if start_round > 1 or sim.rows:
         console.print(header)
 
@@ -115,7 +139,7 @@ def _execute(sim: Simulator, rundir: RunDir, console: Console, start_round: int)
         rundir.write_metrics(sim.rows)
         if row["round"] == 0:
             console.print(header)
-        console.print(fmt_row(row))
+        console.print(fmt_row(row, columns, headers))
         for rej in row.get("rejected", []):
             console.print(f"  [yellow]rejected client {rej['client']}: {rej['reason']}[/yellow]")
         if row.get("skipped"):
@@ -140,6 +164,14 @@ def _execute(sim: Simulator, rundir: RunDir, console: Console, start_round: int)
         ) from None
     s = result.summary
     c = s["comm"]
+    if sim.stop_reason:
+        console.print(f"[yellow]{sim.stop_reason}; stopped after round {result.rows[-1]['round']} of "
+                      f"{cfg.federation.rounds}, everything so far is saved[/yellow]")
+    if "privacy" in s:
+        eps = {k: v["epsilon"] for k, v in s["privacy"]["parties"].items()}
+        console.print(f"epsilon spent ({s['privacy']['mode']}-level, delta {s['privacy']['delta']:.3g}): max "
+                      f"{s['privacy']['epsilon']:.4g}; per {'client' if s['privacy']['mode'] == 'sample' else 'party'} "
+                      + ", ".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in eps.items()))
     acc = s["final_metrics"].get("accuracy")
     acc0 = s["initial_metrics"].get("accuracy")
     console.print(

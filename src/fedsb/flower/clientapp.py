@@ -1,0 +1,202 @@
+"""The fedsb ClientApp: one federated client per SuperNode, training with the simulator's own code.
+
+A node learns the run's config from the server's ``setup`` message and builds the same
+:class:`~fedsb.federation.Federation` as the simulator (``build_federation`` partitions deterministically by
+seed, so ``partition-id`` i holds the simulator's client i). With ``data-path`` in its ``node_config`` a
+node trains on its own local data file instead (deployment).
+
+What a node must remember between rounds lives in ``Context.state`` (ClientApps may run in a fresh process
+per message): the config, Fed-SB's one-time B/A, the base residual folded in so far (FedEx-LoRA, FLoRA),
+and the trainer's ``state_dict()`` (hook for per-client state such as a DP accountant, see
+:func:`set_trainer`). Every message starts from a pristine model copy and restores that state, so one
+process may serve many nodes (Ray actors in simulation).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import Tensor
+
+from fedsb.config import RunConfig, from_dict, validate
+from fedsb.errors import FedsbError
+from fedsb.federation import Federation, build_federation, client_init_message
+from fedsb.flower.records import dumps, from_record, to_record
+from fedsb.flower.secagg import LEGACY_PARAMS, secagg_train, selective_secaggplus_mod
+from fedsb.simulation import ClientTrainer, train_client
+
+STATE_META, STATE_ONETIME, STATE_RESIDUAL, STATE_TRAINER = "fedsb", "fedsb.onetime", "fedsb.residual", "fedsb.trainer"
+
+_TRAINER: ClientTrainer = train_client
+_CACHE: dict[str, tuple[Federation, dict[str, Tensor]]] = {}
+
+
+def set_trainer(trainer: ClientTrainer) -> None:
+    """Replace the local training function (default: ``fedsb.simulation.train_client``).
+
+    A trainer with ``state_dict() -> dict`` (JSON) and ``load_state_dict(dict)`` keeps per-client state
+    across rounds (e.g. a DP accountant): it is loaded from ``Context.state`` before and saved after every
+    local round, once per node.
+    """
+    global _TRAINER
+    _TRAINER = trainer
+
+
+@dataclass
+class Node:
+    cfg: RunConfig
+    fed: Federation
+    client: int  # index into fed.shards
+    partition: int
+    wire: str
+
+
+def node_identity(context: Context) -> tuple[int, int | None, str | None]:
+    nc = context.node_config
+    if "partition-id" not in nc:
+        raise FedsbError("this SuperNode has no partition-id; start it with --node-config 'partition-id=i num-partitions=N'")
+    pid = int(nc["partition-id"])
+    nparts = int(nc["num-partitions"]) if "num-partitions" in nc else None
+    path = str(nc["data-path"]) if nc.get("data-path") else None
+    return pid, nparts, path
+
+
+def federation_for(cfg: RunConfig) -> tuple[Federation, dict[str, Tensor]]:
+    """Build (once per process and config) the federation and a snapshot of its freshly initialised adapters."""
+    key = dumps(cfg.to_dict())
+    if key not in _CACHE:
+        torch.set_num_threads(cfg.train.threads or 1)
+        fed = build_federation(cfg)
+        if fed.method.adapter_mode != "lora-sb":
+            fed.adapted.init_lora(cfg.seed)  # the server's seeded init: FFA's frozen A is never sent
+        _CACHE.clear()  # one model per process at a time
+        _CACHE[key] = (fed, {k: v.clone() for k, v in fed.adapted.get_state().items()})
+    return _CACHE[key]
+
+
+def load_node(context: Context) -> Node:
+    meta = context.state.config_records.get(STATE_META)
+    if meta is None:
+        raise FedsbError("this node has not received the run's setup message; the ServerApp must start with the setup round")
+    cfg = validate(from_dict(json.loads(str(meta["config"]))))
+    pid, nparts, path = node_identity(context)
+    client = pid
+    if path:  # deployment: the node's own data file is its whole shard
+        cfg = replace(cfg, task=replace(cfg.task, path=path),
+                      federation=replace(cfg.federation, clients=1, partition="iid", min_clients=1))
+        client = 0
+    elif nparts is not None and nparts != cfg.federation.clients:
+        raise FedsbError(f"num-partitions = {nparts} on this SuperNode but federation.clients = {cfg.federation.clients}; make them equal")
+    elif pid >= cfg.federation.clients:
+        raise FedsbError(f"partition-id {pid} is out of range for federation.clients = {cfg.federation.clients}")
+    fed, pristine = federation_for(cfg)
+    # Restore this node's model: pristine adapters, then its one-time tensors and base residual.
+    fed.adapted.set_state(pristine)
+    st = context.state.array_records
+    fed.adapted.set_residual_state(from_record(st[STATE_RESIDUAL]) if STATE_RESIDUAL in st else {})
+    if STATE_ONETIME in st:
+        fed.adapted.set_state(from_record(st[STATE_ONETIME]))
+    return Node(cfg, fed, client, pid, str(meta["wire-dtype"]))
+
+
+def save_residual(node: Node, context: Context) -> None:
+    res = node.fed.adapted.residual_state()
+    if res:
+        context.state[STATE_RESIDUAL] = to_record(res, "float32")
+
+
+def local_round(node: Node, context: Context, payload: dict[str, Tensor], base_applied: bool, rnd: int,
+                step_offset: int) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """Receive a broadcast and train: the same calls as ``Simulator.run_round`` makes for one client."""
+    fed, method = node.fed, node.fed.method
+    if base_applied:
+        method.load_adapter(fed.adapted, payload)
+    else:
+        method.receive(fed.adapted, payload)
+    save_residual(node, context)
+    load_fn, state_fn = getattr(_TRAINER, "load_state_dict", None), getattr(_TRAINER, "state_dict", None)
+    if callable(load_fn) and STATE_TRAINER in context.state.config_records:
+        load_fn(json.loads(str(context.state.config_records[STATE_TRAINER]["json"])))
+    metrics = _TRAINER(fed, node.client, rnd, step_offset)
+    if callable(state_fn):
+        context.state[STATE_TRAINER] = ConfigRecord({"json": json.dumps(state_fn())})
+    return method.client_update(fed.adapted), metrics
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+app = ClientApp(mods=[selective_secaggplus_mod])
+
+
+@app.query("setup")
+def setup(msg: Message, context: Context) -> Message:
+    c = msg.content["config"]
+    for key in (STATE_ONETIME, STATE_RESIDUAL):
+        if key in context.state.array_records:
+            del context.state.array_records[key]
+    context.state[STATE_META] = ConfigRecord({"config": str(c["fedsb-config"]), "wire-dtype": str(c["wire-dtype"])})
+    node = load_node(context)
+    metrics: dict[str, Any] = {"partition-id": node.partition, "num-examples": len(node.fed.shards[node.client])}
+    content = RecordDict()
+    if bool(c["want-init"]):
+        init, n = client_init_message(node.fed, node.client)
+        content["init"] = to_record(init, "float32")
+        metrics["init-examples"] = int(n)
+    content["metrics"] = MetricRecord(metrics)
+    return Message(content=content, reply_to=msg)
+
+
+@app.query("sync")
+def sync(msg: Message, context: Context) -> Message:
+    node = load_node(context)
+    shapes = node.fed.adapted.shapes()
+    if "onetime" in msg.content.array_records:
+        names = set(node.fed.method.one_time_names(node.fed.adapted))
+        one_time = from_record(msg.content["onetime"], shapes=shapes, what="one-time broadcast")
+        if set(one_time) != names:
+            raise FedsbError("the one-time broadcast does not name this model's B/A tensors; server and node configs differ")
+        context.state[STATE_ONETIME] = to_record(one_time, "float32")
+    if "residual" in msg.content.array_records:
+        want = {f"{n}.residual": (layer.d_out, layer.d_in) for n, layer in node.fed.adapted.layers.items()}
+        res = from_record(msg.content["residual"], shapes=want, what="residual sync")
+        context.state[STATE_RESIDUAL] = to_record(res, "float32")
+    return Message(content=RecordDict({"metrics": MetricRecord({"ok": 1})}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    if LEGACY_PARAMS in msg.content.array_records:  # a SecAgg+ round (legacy FitIns layout)
+        return secagg_train(msg, context)
+    node = load_node(context)
+    c = msg.content["config"]
+    if "sync" in msg.content.array_records:
+        want = {f"{n}.residual": (layer.d_out, layer.d_in) for n, layer in node.fed.adapted.layers.items()}
+        res = from_record(msg.content["sync"], shapes=want, what="residual sync")
+        node.fed.adapted.set_residual_state(res)
+    payload = from_record(msg.content["arrays"], node.wire, node.fed.adapted.shapes(), what="broadcast")
+    upload, metrics = local_round(node, context, payload, bool(c["base-applied"]), int(c["server-round"]), int(c["step-offset"]))
+    reply = RecordDict({
+        "arrays": to_record(upload, node.wire),
+        "metrics": MetricRecord({**scalar_metrics(metrics), "num-examples": len(node.fed.shards[node.client]),
+                                 "partition-id": node.partition}),
+    })
+    return Message(content=reply, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the broadcast model on this node's test split (its own data file in deployment)."""
+    node = load_node(context)
+    payload = from_record(msg.content["arrays"], node.wire, node.fed.adapted.shapes(), what="broadcast")
+    node.fed.method.receive(node.fed.adapted, payload)  # not saved: the next train message brings it again
+    fed = node.fed
+    metrics = fed.objective.evaluate(fed.adapted.model, fed.task.test, node.cfg.eval.batch_size)
+    return Message(content=RecordDict({"metrics": MetricRecord({**scalar_metrics(metrics), "num-examples": len(fed.task.test)})}),
+                   reply_to=msg)

@@ -1,0 +1,163 @@
+"""The fedsb ServerApp, and the mapping from Flower's run config to fedsb's config.
+
+``[tool.flwr.app.config]`` (and ``flwr run --run-config``) takes fedsb's own dotted keys unchanged
+(``method``, ``adapter.rank``, ``federation.rounds``, ``train.local_steps`` ...) plus a few ``flower.*``
+keys for the transport (:class:`~fedsb.flower.strategy.FlowerOptions`):
+
+====================================  =======================================================================
+``flower.config-file``                a fedsb TOML config read first (the other keys override it)
+``flower.wire-dtype``                 ``float32`` | ``bfloat16`` | ``float16``: dtype of R/B (etc.) on the wire
+``flower.secagg``                     ``true``: SecAgg+ (Fed-SB, FFA-LoRA, FedIT only)
+``flower.secagg-clipping-range``      SecAgg+ clipping range (default 8.0)
+``flower.secagg-quantization-range``  SecAgg+ quantization levels (default 2**24)
+``flower.client-eval``                ``true``: also evaluate on every node after each round
+``flower.timeout``                    seconds to wait for the replies of one round (default 600)
+``flower.connect-timeout``            seconds to wait for the SuperNodes to connect (default 120)
+``flower.resume``                     ``true``: continue the run directory ``out`` from its checkpoint
+====================================  =======================================================================
+
+``out`` names the run directory, written as by ``fedsb run`` (config.toml, metrics.jsonl, summary.json,
+checkpoint.safetensors after every round, adapter_state.safetensors and a PEFT adapter at the end).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedsb.config import RunConfig, from_dict, load_toml, merge, validate
+from fedsb.errors import FedsbError, UsageError
+from fedsb.flower.strategy import FedsbStrategy, FlowerOptions
+
+FLOWER_KEYS = {
+    "flower.wire-dtype": ("wire_dtype", str),
+    "flower.secagg": ("secagg", bool),
+    "flower.secagg-clipping-range": ("secagg_clipping_range", float),
+    "flower.secagg-quantization-range": ("secagg_quantization_range", int),
+    "flower.client-eval": ("client_eval", bool),
+    "flower.timeout": ("timeout", float),
+    "flower.connect-timeout": ("connect_timeout", float),
+}
+EXTRA_KEYS = ("flower.config-file", "flower.resume")
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"federation.rounds": 2}`` -> ``{"federation": {"rounds": 2}}`` (dashes read as underscores)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = key.replace("-", "_").split(".")
+        if len(parts) > 2:
+            raise UsageError(f"run config key {key!r} has more than one dot; fedsb keys look like section.key")
+        if len(parts) == 1:
+            out[parts[0]] = value
+        else:
+            out.setdefault(parts[0], {})[parts[1]] = value
+    return out
+
+
+def parse_run_config(run_config: dict[str, Any]) -> tuple[RunConfig, FlowerOptions, dict[str, Any]]:
+    """Flower run config -> (fedsb config, transport options, extras such as ``flower.resume``)."""
+    fedsb_keys = {k: v for k, v in run_config.items() if not k.startswith("flower.")}
+    unknown = [k for k in run_config if k.startswith("flower.") and k not in FLOWER_KEYS and k not in EXTRA_KEYS]
+    if unknown:
+        raise UsageError(f"unknown run config key {unknown[0]!r}; flower keys are: {', '.join([*FLOWER_KEYS, *EXTRA_KEYS])}")
+    base: dict[str, Any] = {}
+    if run_config.get("flower.config-file"):
+        base = load_toml(str(run_config["flower.config-file"]))
+    data = merge(base, nest(fedsb_keys))
+    if data.get("out") == "":
+        data.pop("out")
+    cfg = validate(from_dict(data))
+    opts = FlowerOptions()
+    for key, (attr, tp) in FLOWER_KEYS.items():
+        if key in run_config:
+            setattr(opts, attr, tp(run_config[key]))
+    extras = {k: run_config[k] for k in EXTRA_KEYS if k in run_config}
+    return cfg, opts, extras
+
+
+def serve(grid: Grid, context: Context, cfg: RunConfig, opts: FlowerOptions, resume: bool = False,
+          results: dict[str, Any] | None = None) -> FedsbStrategy:
+    """The ServerApp body: build the strategy, (re)start from the run directory, run all rounds, save outputs."""
+    from fedsb.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
+    from fedsb.commands.run import default_out
+    from fedsb.rundir import RunDir
+
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    cfg.out = str(out)
+    start = 1
+    if resume:
+        ckpt = load_checkpoint(out)
+        saved = validate(from_dict(ckpt.config))
+        if saved.to_dict() != cfg.to_dict():
+            raise FedsbError(f"flower.resume: the run config differs from the one saved in {out}; resume with the same config")
+        strategy = FedsbStrategy(cfg, opts)
+        start = restore_checkpoint(strategy, ckpt)  # type: ignore[arg-type]
+        rundir = RunDir(out)
+        if start > cfg.federation.rounds:
+            print(f"{out} is already complete; nothing to resume")
+            return strategy
+    else:
+        strategy = FedsbStrategy(cfg, opts)
+        rundir = RunDir.create(out, overwrite=True)
+        rundir.write_config(cfg.to_dict())
+
+    def on_round(row: dict[str, Any]) -> None:
+        rundir.write_metrics(strategy.rows)
+        save_checkpoint(rundir.path, strategy)  # type: ignore[arg-type]
+        acc = row.get("accuracy")
+        print(f"[fedsb] round {row['round']}: accuracy {acc if acc is None else round(acc, 4)}, "
+              f"wire up {row.get('wire_upload_payload_bytes', 0):,} B / down {row.get('wire_download_payload_bytes', 0):,} B payload",
+              flush=True)
+
+    strategy.on_round = on_round
+    strategy.run(grid, start_round=start, context=context)
+    save_outputs(rundir, strategy)
+    if results is not None:
+        results["strategy"] = strategy
+    return strategy
+
+
+def save_outputs(rundir: Any, strategy: FedsbStrategy) -> None:
+    from fedsb.export import export_peft
+    from fedsb.rundir import write_json
+    from fedsb.state_io import save_tensors
+
+    fed = strategy.fed
+    save_tensors(rundir.path / "adapter_state.safetensors", {**fed.adapted.get_state(), **fed.adapted.residual_state()},
+                 metadata={"method": fed.cfg.method, "rank": str(fed.cfg.adapter.rank)})
+    task_type = "SEQ_CLS" if fed.loaded.kind == "classification" else "CAUSAL_LM"
+    export_peft(fed.adapted, rundir.path / "adapter", fed.loaded.source, task_type)
+    rundir.write_metrics(strategy.rows)
+    summary = strategy.result_summary()
+    rundir.write_summary(summary)
+    write_json(rundir.path / "wire.json", {"rows": [{k: v for k, v in r.items() if k.startswith("wire_") or k == "round"}
+                                                    for r in strategy.rows]})
+
+
+def make_server_app(cfg: RunConfig, opts: FlowerOptions | None = None, resume: bool = False,
+                    results: dict[str, Any] | None = None) -> ServerApp:
+    """A ServerApp bound to a config (``run_simulation`` has no run config); ``results['strategy']`` gets the strategy."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        serve(grid, context, cfg, opts or FlowerOptions(), resume, results)
+
+    return app
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point for ``flwr run``: config from ``[tool.flwr.app.config]`` and ``--run-config``."""
+    t0 = time.time()
+    cfg, opts, extras = parse_run_config(dict(context.run_config))
+    serve(grid, context, cfg, opts, bool(extras.get("flower.resume", False)))
+    print(f"[fedsb] ServerApp finished in {time.time() - t0:.1f} s", flush=True)

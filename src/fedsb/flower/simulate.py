@@ -1,0 +1,43 @@
+"""Run a fedsb job on Flower's simulation engine (Ray) from Python: ``run_simulation`` in this process."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fedsb.config import RunConfig
+from fedsb.errors import FedsbError
+from fedsb.flower.strategy import FedsbStrategy, FlowerOptions
+
+QUIET_ENV = {
+    "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+
+
+def backend_config(cpus_per_client: float = 1.0, gpus_per_client: float = 0.0, total_cpus: int | None = None,
+                   total_gpus: int = 0) -> dict[str, Any]:
+    """Ray resources: each ClientApp reserves ``cpus_per_client`` (Flower's default of 2 serialises 2-core boxes)."""
+    total = total_cpus or max(1, os.cpu_count() or 1)
+    return {"client_resources": {"num_cpus": cpus_per_client, "num_gpus": gpus_per_client},
+            "init_args": {"num_cpus": total, "num_gpus": total_gpus, "include_dashboard": False}}
+
+
+def simulate(cfg: RunConfig, options: FlowerOptions | None = None, resume: bool = False,
+             backend: dict[str, Any] | None = None, verbose: bool = False) -> FedsbStrategy:
+    """One federated run with ``cfg.federation.clients`` virtual SuperNodes; returns the server strategy."""
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    from flwr.simulation import run_simulation
+
+    from fedsb.flower.clientapp import app as client_app
+    from fedsb.flower.serverapp import make_server_app
+
+    results: dict[str, Any] = {}
+    run_simulation(server_app=make_server_app(cfg, options, resume, results), client_app=client_app,
+                   num_supernodes=cfg.federation.clients, backend_config=backend or backend_config(),
+                   verbose_logging=verbose)
+    if "strategy" not in results:
+        raise FedsbError("the Flower simulation ended without a result; rerun with --debug and read the ServerApp log above")
+    return results["strategy"]

@@ -1,0 +1,385 @@
+"""A Flower (Message API) ``Strategy`` that runs any fedsb :class:`~fedsb.methods.base.Method`.
+
+The strategy owns the server side of a run exactly as :class:`fedsb.simulation.Simulator` does (a model
+copy for the LoRA-SB init, validation shapes and evaluation; the method's :class:`ServerState`; the
+communication ledger; metrics rows), but its clients are Flower ClientApps:
+
+- ``setup`` round (``query.setup``): every node gets the resolved config, builds the same Federation as
+  the simulator and answers with its partition id, example count and (LoRA-SB, federated init) its
+  gradient-sum message; the server runs ``initialise_adapters`` on the messages in partition order;
+- ``sync`` round (``query.sync``): the one-time B/A broadcast (Fed-SB), plus the absolute base residual
+  for nodes that must catch up (after a resume);
+- training rounds (``train``): ``configure_train`` sends ``method.broadcast(state)``; ``aggregate_train``
+  decodes and validates replies (``UpdateValidator``) and calls ``method.aggregate``.
+
+Base-weight increments (FedEx-LoRA residual, FLoRA stack) are only meaningful to a client holding every
+earlier increment. The server tracks, per node, which version of the residual it holds; a node that missed
+rounds (``federation.fraction < 1``) or joined a resumed run gets the server's absolute residual instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp.strategy import Strategy
+
+from fedsb.comm import CommLedger, payload_bytes, payload_params, to_wire
+from fedsb.config import RunConfig
+from fedsb.errors import FedsbError
+from fedsb.federation import Federation, build_federation, initialise_adapters
+from fedsb.flower.records import dumps, from_record, to_record
+from fedsb.flower.wire import MeteredGrid, summarise
+from fedsb.init_sources import get_init_source
+from fedsb.methods.base import ClientUpdate, ServerState
+from fedsb.simulation import Simulator
+from fedsb.validation import UpdateValidator
+
+RoundCallback = Callable[[dict[str, Any]], None]
+SETUP, SYNC = "query.setup", "query.sync"
+
+
+@dataclass
+class FlowerOptions:
+    """Options of the Flower transport (``flower.*`` keys); everything else is fedsb's own config."""
+
+    wire_dtype: str = "float32"
+    timeout: float = 600.0  # seconds to wait for replies in one round
+    connect_timeout: float = 120.0  # seconds to wait for the SuperNodes to connect
+    secagg: bool = False
+    secagg_clipping_range: float = 8.0
+    secagg_quantization_range: int = 2**24
+    secagg_modulus_range: int = 2**32
+    client_eval: bool = False
+
+
+class FedsbStrategy(Strategy):
+    """Server side of a fedsb run over Flower. Attributes mirror ``Simulator`` so ``fedsb.checkpoint`` works."""
+
+    def __init__(self, cfg: RunConfig, options: FlowerOptions | None = None, fed: Federation | None = None,
+                 on_round: RoundCallback | None = None) -> None:
+        self.cfg = cfg
+        self.options = options or FlowerOptions()
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.fed = fed or build_federation(cfg)
+        self.method = self.fed.method
+        self.comm = CommLedger(wire_dtype=self.options.wire_dtype)
+        self.validator = UpdateValidator(cfg.federation.min_clients)
+        self.on_round = on_round
+        self.trainer = None  # checkpoint.py hook (server side holds no trainer state)
+        self.stop_reason: str | None = None  # Simulator.summary reads it (DP budget stops)
+        self.rows: list[dict[str, Any]] = []
+        self.state: ServerState | None = None
+        self.one_time: dict[str, int] = {}
+        self.init_seconds = 0.0
+        self.payload: dict[str, torch.Tensor] = {}
+        self.node_of: dict[int, int] = {}  # partition id -> node id
+        self.examples: dict[int, int] = {}  # partition id -> declared example count
+        self.version: dict[int, int] = {}  # node id -> the round whose residual the node holds
+        self.pending_row: dict[str, Any] = {}
+        self.started = time.perf_counter()
+        if self.options.secagg and not self.method.additive:
+            raise FedsbError(
+                f"flower.secagg: {self.method.name} cannot use secure aggregation, because its server needs each "
+                f"client's individual tensors ({'the products B_i A_i for the exact residual' if self.method.name == 'fedex-lora' else 'the factors A_i, B_i to stack'}), "
+                "not only their sum; use fed-sb, ffa-lora or fedit, or set flower.secagg = false"
+            )
+
+    # --- helpers -----------------------------------------------------------------------------------
+    @property
+    def partition_of(self) -> dict[int, int]:
+        return {n: p for p, n in self.node_of.items()}
+
+    def _message(self, content: RecordDict, node: int, message_type: str) -> Message:
+        return Message(content=content, dst_node_id=node, message_type=message_type)
+
+    def _fed_config(self) -> str:
+        return dumps(self.cfg.to_dict())
+
+    def wait_for_nodes(self, grid: Any) -> list[int]:
+        want = self.cfg.federation.clients
+        t0 = time.time()
+        while True:
+            ids = sorted(grid.get_node_ids())
+            if len(ids) >= want:
+                return ids
+            if time.time() - t0 > self.options.connect_timeout:
+                raise FedsbError(
+                    f"only {len(ids)} of federation.clients = {want} SuperNodes connected within "
+                    f"{self.options.connect_timeout:.0f} s; start {want} SuperNodes (one per partition-id) or lower federation.clients"
+                )
+            time.sleep(0.2)
+
+    # --- setup: config to every node, LoRA-SB init round, one-time broadcast -----------------------------
+    def setup(self, grid: MeteredGrid, resume: bool = False) -> None:
+        fed, cfg = self.fed, self.cfg
+        grid.phase, grid.round = "setup", 0
+        nodes = self.wait_for_nodes(grid)
+        source = get_init_source(cfg.init.source, cfg.init.eta)
+        want_init = fed.method.adapter_mode == "lora-sb" and source.federated and not resume
+        cfg_json = self._fed_config()
+        msgs = [self._message(RecordDict({"config": ConfigRecord({
+            "fedsb-config": cfg_json, "wire-dtype": self.options.wire_dtype, "want-init": want_init})}), n, SETUP)
+            for n in nodes]
+        t0 = time.perf_counter()
+        replies = self._ok(grid.send_and_receive(msgs, timeout=self.options.timeout), "setup")
+        init_msgs: dict[int, tuple[dict[str, torch.Tensor], int]] = {}
+        self.node_of = {}
+        for r in replies:
+            m = r.content["metrics"]
+            pid, node = int(m["partition-id"]), int(r.metadata.src_node_id)
+            if not 0 <= pid < cfg.federation.clients or pid in self.node_of:
+                raise FedsbError(
+                    f"SuperNode {node} reports partition-id {pid}, which is out of range or taken; give each SuperNode a "
+                    f"distinct --node-config 'partition-id=i num-partitions={cfg.federation.clients}' with i < {cfg.federation.clients}"
+                )
+            self.node_of[pid] = node
+            self.examples[pid] = int(m["num-examples"])
+            if want_init:
+                init_msgs[pid] = (from_record(r.content["init"], raw=True, what=f"init message of partition {pid}"),
+                                  int(m["init-examples"]))
+        if len(self.node_of) < cfg.federation.clients:
+            raise FedsbError(f"{len(self.node_of)} of {cfg.federation.clients} partitions answered the setup round; check the SuperNode logs")
+        if resume:
+            return
+        client_messages = [init_msgs[p] for p in sorted(init_msgs)] if want_init else None
+        up = initialise_adapters(fed, client_messages)
+        self.init_seconds = time.perf_counter() - t0
+        k = len(fed.shards)
+        one_time_down = fed.adapted.get_state(fed.method.one_time_names(fed.adapted))
+        self.one_time = {
+            "init_upload_params_per_client": up["upload_params"],
+            "init_upload_bytes_per_client": up["upload_bytes"],
+            "broadcast_params_per_client": payload_params(one_time_down),
+            # B and A travel in float32 whatever the wire dtype: a bf16 basis is no longer orthonormal.
+            "broadcast_bytes_per_client": payload_bytes(one_time_down, "float32"),
+        }
+        self.comm.record_one_time(up["upload_bytes"] * k, self.one_time["broadcast_bytes_per_client"] * k,
+                                  up["upload_params"] * k, self.one_time["broadcast_params_per_client"] * k)
+        self.state = fed.method.initial_state(fed.adapted)
+        self.sync(grid, next_round=1)
+        fed.method.load_adapter(fed.adapted, fed.method.broadcast(self.state))
+        self.payload = to_wire(fed.method.broadcast(self.state), self.options.wire_dtype)
+        wire = summarise(grid.take("setup") + grid.take("sync"))
+        row0 = {"round": 0, **self.evaluate(), "seconds": round(self.init_seconds, 3),
+                **{k: v for k, v in wire.items()}}
+        self._emit(row0)
+
+    def sync(self, grid: MeteredGrid, next_round: int) -> None:
+        """Send the one-time tensors and (when non-empty) the server's absolute residual to every node."""
+        fed = self.fed
+        grid.phase, grid.round = "sync", next_round - 1
+        one_time = fed.adapted.get_state(fed.method.one_time_names(fed.adapted))
+        residual = fed.adapted.residual_state()
+        if not one_time and not residual:
+            self.version = {n: next_round - 1 for n in self.node_of.values()}
+            return
+        content = {}
+        if one_time:
+            content["onetime"] = to_record(one_time, "float32")
+        if residual:
+            content["residual"] = to_record(residual, "float32")
+        msgs = [self._message(RecordDict(dict(content)), n, SYNC) for n in self.node_of.values()]
+        self._ok(grid.send_and_receive(msgs, timeout=self.options.timeout), "sync")
+        # A residual sync gives every node the server's current residual, which already includes the pending
+        # increment of round ``next_round``'s broadcast.
+        self.version = {n: (next_round if residual else next_round - 1) for n in self.node_of.values()}
+
+    def _ok(self, replies: Iterable[Message], what: str) -> list[Message]:
+        out = list(replies)
+        bad = [r for r in out if r.has_error()]
+        if bad:
+            err = bad[0].error
+            raise FedsbError(f"{len(bad)} node(s) failed in the {what} round: {err.reason}")
+        return out
+
+    def evaluate(self) -> dict[str, float]:
+        fed = self.fed
+        return fed.objective.evaluate(fed.adapted.model, fed.task.test, self.cfg.eval.batch_size)
+
+    # --- Flower Strategy interface ------------------------------------------------------------------
+    def step_offset(self, round_idx: int) -> int:
+        fed = self.fed
+        return (round_idx - 1) * max(fed.local_steps(c) for c in range(len(fed.shards)))
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord | None, config: ConfigRecord | None,
+                        grid: Any) -> Iterable[Message]:
+        """One ``train`` message per sampled node: the broadcast (wire dtype) and the round's schedule offset."""
+        rec = to_record(self.payload, self.options.wire_dtype)
+        residual = None
+        msgs = []
+        for pid in self.fed.sample_clients(server_round):
+            node = self.node_of[pid]
+            held = self.version.get(node, -1)
+            cfgrec = ConfigRecord({"server-round": server_round, "step-offset": self.step_offset(server_round),
+                                   "base-applied": held == server_round, **(dict(config) if config else {})})
+            content = RecordDict({"arrays": rec, "config": cfgrec})
+            if held < server_round - 1:  # missed increments: send the absolute residual instead
+                residual = residual if residual is not None else self.fed.adapted.residual_state()
+                if residual:
+                    content["sync"] = to_record(residual, "float32")
+                cfgrec["base-applied"] = True
+            msgs.append(self._message(content, node, MessageType.TRAIN))
+        return msgs
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Decode and validate the uploads, aggregate with the method, update the server model."""
+        fed = self.fed
+        updates: list[ClientUpdate] = []
+        failed: list[dict[str, str]] = []
+        part = self.partition_of
+        shapes = fed.adapted.shapes()
+        for r in replies:
+            node = int(r.metadata.src_node_id)
+            pid = part.get(node)
+            if r.has_error():
+                failed.append({"client": str(pid if pid is not None else f"node {node}"), "reason": f"node error: {r.error.reason}"})
+                continue
+            if pid is None:
+                failed.append({"client": f"node {node}", "reason": "reply from a node that is not part of this run"})
+                continue
+            try:
+                payload = from_record(r.content["arrays"], self.options.wire_dtype, shapes, what=f"upload of client {pid}")
+                m = r.content["metrics"]
+                metrics = {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and k not in ("num-examples", "partition-id")}
+                n = m["num-examples"]
+            except (FedsbError, KeyError, TypeError, ValueError) as e:
+                failed.append({"client": str(pid), "reason": str(e)})
+                continue
+            self.version[node] = server_round
+            updates.append(ClientUpdate(str(pid), payload, int(n) if isinstance(n, int) else n, metrics))
+        updates.sort(key=lambda u: int(u.client_id))  # the simulator's order (float sums depend on it)
+        return self._aggregate(server_round, updates, failed)
+
+    def _aggregate(self, server_round: int, updates: list[ClientUpdate], failed: list[dict[str, str]],
+                   secure: bool = False, comm_uploads: list[dict[str, torch.Tensor]] | None = None,
+                   ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        fed, method = self.fed, self.method
+        assert self.state is not None
+        comm_row = self.comm.record_round(self.payload, comm_uploads if comm_uploads is not None else [u.payload for u in updates])
+        accepted, rejected = self.validator.filter(updates, self.state.adapter, method.upload_names(fed.adapted), fed.adapted.shapes())
+        need = 1 if secure else self.validator.min_clients
+        skipped = len(accepted) < need
+        if not skipped:
+            self.state = method.aggregate(self.state, accepted)
+        next_payload = to_wire(method.broadcast(self.state), self.options.wire_dtype)
+        if not skipped:
+            method.apply_base_update(fed.adapted, next_payload)
+        method.load_adapter(fed.adapted, next_payload)
+        self.payload = next_payload
+        losses = [u.metrics.get("train_loss") for u in accepted if "train_loss" in u.metrics]
+        self.pending_row = {
+            "round": server_round,
+            "clients_sampled": len(fed.sample_clients(server_round)),
+            "clients_accepted": len(accepted),
+            "rejected": failed + [{"client": u.client_id, "reason": why} for u, why in rejected],
+            "skipped": skipped,
+            "train_loss": sum(losses) / len(losses) if losses else None,
+            **{k: v for k, v in comm_row.items() if k != "clients"},
+            "upload_bytes_cum": self.comm.upload_bytes,
+            "download_bytes_cum": self.comm.download_bytes,
+        }
+        return to_record(self.state.adapter, "float32"), MetricRecord({"clients_accepted": len(accepted)})
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord | None, config: ConfigRecord | None,
+                           grid: Any) -> Iterable[Message]:
+        """Federated evaluation on each node's local test data (``flower.client-eval``); off by default."""
+        if not self.options.client_eval:
+            return []
+        rec = to_record(self.payload, self.options.wire_dtype)
+        cfgrec = {"server-round": server_round}
+        return [self._message(RecordDict({"arrays": rec, "config": ConfigRecord(dict(cfgrec))}), n, MessageType.EVALUATE)
+                for n in self.node_of.values()]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        out: dict[str, float] = {}
+        total = 0
+        for r in replies:
+            if r.has_error():
+                continue
+            m = r.content["metrics"]
+            n = int(m["num-examples"])
+            total += n
+            for k, v in m.items():
+                if k != "num-examples" and isinstance(v, (int, float)):
+                    out[f"client_{k}"] = out.get(f"client_{k}", 0.0) + n * float(v)
+        return MetricRecord({k: v / total for k, v in out.items()}) if total else None
+
+    def summary(self) -> None:
+        print(f"fedsb strategy: {self.method.name} r={self.cfg.adapter.rank}, {self.cfg.federation.clients} clients, "
+              f"wire {self.options.wire_dtype}, secagg {self.options.secagg}")
+
+    # --- rounds -----------------------------------------------------------------------------------------
+    def finish_round(self, server_round: int, wire_entries: list, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        row = dict(self.pending_row)
+        row.update(summarise(wire_entries))
+        row.update(extra or {})
+        if server_round % self.cfg.eval.every == 0 or server_round == self.cfg.federation.rounds:
+            row.update(self.evaluate())
+        row["seconds"] = round(time.perf_counter() - self._t_round, 3)
+        self._emit(row)
+        return row
+
+    def _emit(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if self.on_round:
+            self.on_round(row)
+
+    def run(self, grid: Any, start_round: int = 1, context: Any = None) -> None:
+        """Setup (or re-sync after a resume), then the training rounds ``start_round..federation.rounds``."""
+        from fedsb.flower.secagg import SecAggRunner
+
+        metered = grid if isinstance(grid, MeteredGrid) else MeteredGrid(grid)
+        self.started = time.perf_counter()
+        if self.state is None:
+            self.setup(metered)
+        else:
+            self.setup(metered, resume=True)
+            self.sync(metered, next_round=start_round)
+            self.payload = to_wire(self.method.broadcast(self.state), self.options.wire_dtype)
+        secagg = SecAggRunner(self, metered, context) if self.options.secagg else None
+        try:
+            for r in range(start_round, self.cfg.federation.rounds + 1):
+                self._t_round = time.perf_counter()
+                metered.round = r
+                extra: dict[str, Any] = {}
+                if secagg is not None:
+                    metered.phase = "secagg"
+                    secagg.round(r)
+                else:
+                    metered.phase = "train"
+                    replies = metered.send_and_receive(self.configure_train(r, None, None, metered), timeout=self.options.timeout)
+                    self.aggregate_train(r, replies)
+                if self.options.client_eval:
+                    metered.phase = "evaluate"
+                    ev = self.aggregate_evaluate(r, metered.send_and_receive(self.configure_evaluate(r, None, None, metered),
+                                                                            timeout=self.options.timeout))
+                    extra.update(dict(ev) if ev else {})
+                entries = [e for e in metered.take(rnd=r) if e.phase != "evaluate"]
+                self.finish_round(r, entries, extra)
+                metered.take()
+        finally:
+            if secagg is not None:
+                secagg.close()
+
+    def result_summary(self) -> dict[str, Any]:
+        """``summary.json``: the simulator's summary plus the Flower transport's measured bytes."""
+        s = Simulator.summary(self, time.perf_counter() - self.started)  # type: ignore[arg-type]
+        rounds = [r for r in self.rows if r.get("round", 0) > 0]
+        s["flower"] = {
+            "wire_dtype": self.options.wire_dtype,
+            "secagg": self.options.secagg,
+            "wire_upload_payload_bytes_total": sum(r.get("wire_upload_payload_bytes", 0) for r in rounds),
+            "wire_download_payload_bytes_total": sum(r.get("wire_download_payload_bytes", 0) for r in rounds),
+            "wire_upload_message_bytes_total": sum(r.get("wire_upload_message_bytes", 0) for r in rounds),
+            "wire_download_message_bytes_total": sum(r.get("wire_download_message_bytes", 0) for r in rounds),
+            "wire_setup": {k: v for k, v in self.rows[0].items() if k.startswith("wire_") and k != "wire_messages"}
+            if self.rows and self.rows[0].get("round") == 0 else {},
+            "partitions": {str(p): n for p, n in sorted(self.node_of.items())},
+        }
+        return s

@@ -70,7 +70,9 @@ TASKS = {
 
 
 def base_config(task: str, seed: int, method: str = "fed-sb", rank: int = RANK) -> RunConfig:
-    data: dict[str, Any] = {"method": method, "seed": seed, "adapter": {"rank": rank}, "train": {"threads": 1}}
+    # Only the final accuracy is reported, so evaluate once, after the last round (training is unaffected).
+    data: dict[str, Any] = {"method": method, "seed": seed, "adapter": {"rank": rank}, "train": {"threads": 1},
+                            "eval": {"every": RunConfig().federation.rounds}}
     if TASKS[task]:
         data["task"] = dict(TASKS[task])
     return validate(from_dict(data))
@@ -115,7 +117,7 @@ def train(fed: Federation, head0: dict[str, torch.Tensor], seed: int) -> dict[st
     }
 
 
-def run_task(task: str, seeds: list[int], trained: list[str], agreement_only: list[str]) -> list[dict[str, Any]]:
+def run_task(task: str, seeds: list[int], trained: list[str], agreement_only: list[str], fedit_seeds: list[int] | None = None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for seed in seeds:
         t0 = time.perf_counter()
@@ -142,6 +144,8 @@ def run_task(task: str, seeds: list[int], trained: list[str], agreement_only: li
             rows.append(row)
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
         del fed
+        if fedit_seeds is not None and seed not in fedit_seeds:
+            continue
         fedit = build_federation(base_config(task, seed, "fedit", 8))
         torch.manual_seed(seed)
         row = {"task": fedit.task.name, "seed": seed, "variant": "fedit-r8", "method": "fedit", "rank": 8, **train(fedit, fedit.adapted.get_state(fedit.adapted.head_state_names()), seed)}
@@ -281,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train", nargs="+", default=["dense", "sign", "lowrank-r", "lowrank-2r", "lowrank-4r", "lowrank-2r-q4", "public"],
                    choices=list(VARIANTS))
     p.add_argument("--agreement-only", nargs="*", default=["lowrank-r-q8"], choices=list(VARIANTS))
+    p.add_argument("--fedit-seeds", type=int, nargs="*", help="seeds that also train FedIT (default: all; its upload "
+                   "bytes are the same for every seed)")
     p.add_argument("--part", help="write this process's rows to a JSON file instead of the results")
     p.add_argument("--merge", nargs="+", help="merge --part files into benchmarks/results/init_comm.*")
     args = p.parse_args(argv)
@@ -293,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     rows = []
     for task in args.task or list(TASKS):
-        rows += run_task(task, args.seeds, args.train, [v for v in args.agreement_only if v not in args.train])
+        rows += run_task(task, args.seeds, args.train, [v for v in args.agreement_only if v not in args.train], args.fedit_seeds)
     if args.part:
         atomic_write_text(Path(args.part), json.dumps({"command": cmd, "runs": rows}, indent=1))
     else:

@@ -17,6 +17,8 @@ from fedsb.init_sources import (
     LowRankInit,
     SignInit,
     dequantize_columns,
+    expected_upload,
+    get_init_source,
     majority_vote,
     pack_codes,
     pack_signs,
@@ -164,6 +166,16 @@ def test_one_time_bytes_equal_the_formulas() -> None:
         assert src.upload_bytes(src.encode(sums, 4)) == expected, bits
     dense = DenseInit(ETA, shapes)
     assert dense.upload_bytes(dense.encode(sums, 4)) == sum(4 * o * i for o, i in shapes.values())
+
+
+@pytest.mark.parametrize(("source", "bits"), [("federated", 32), ("federated-sign", 32), ("federated-lowrank", 32),
+                                              ("federated-lowrank", 16), ("federated-lowrank", 8), ("federated-lowrank", 4),
+                                              ("federated-lowrank", 2)])
+def test_expected_upload_matches_the_encoded_messages(source: str, bits: int) -> None:
+    shapes = {"odd": (5, 7), "sq": (33, 33), "wide": (3, 40)}
+    src = get_init_source(source, ETA, shapes=shapes, rank=4, bits=bits)
+    msg = src.encode(grads(2, shapes), 4)
+    assert expected_upload(source, shapes, 4, bits) == {"params": src.upload_params(msg), "bytes": src.upload_bytes(msg)}
 
 
 # --- validation ----------------------------------------------------------------------------------------

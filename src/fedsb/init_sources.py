@@ -289,6 +289,8 @@ class LowRankInit(InitSource):
         return {"": codes, "_scale": scale}
 
     def encode(self, grad_sums: dict[str, Tensor], num_examples: int) -> Message:
+        if self.shapes is None:
+            self.shapes = {n: (g.shape[0], g.shape[1]) for n, g in grad_sums.items()}
         out: Message = {}
         for name, g in grad_sums.items():
             k = min(self.rank, *g.shape)
@@ -348,12 +350,50 @@ class LowRankInit(InitSource):
     def upload_bytes(self, message: Message) -> int:
         return wire_bytes(message)
 
+    def upload_params(self, message: Message) -> int:
+        """Values encoded: factor entries (and their scales), not the packed bytes ``upload_bytes`` counts."""
+        if self.bits >= 16:
+            return payload_params(message)
+        if self.shapes is None:
+            raise FedsbError("counting quantised factors needs the adapted layers' shapes")
+        total = 0
+        for key, t in message.items():
+            if key.endswith("_scale"):
+                layer, _, side = key[: -len("_scale")].rpartition(".")
+                total += t.numel() * (self.shapes[layer][0 if side == "left" else 1] + 1)
+        return total
+
 
 INIT_SOURCES: dict[str, type[InitSource]] = {c.name: c for c in (DenseInit, PublicInit, SignInit, LowRankInit)}
 
 
 def get_init_source(name: str, eta: float, **options: Any) -> InitSource:
     return INIT_SOURCES[name](eta, **options)
+
+
+def expected_upload(source: str, shapes: Shapes, rank: int, bits: int = 32) -> dict[str, int]:
+    """Analytic one-time init upload per client, ``{"params", "bytes"}``, for ``shapes`` (``(d_out, d_in)`` per layer).
+
+    ``rank`` is r' (low-rank only; a layer smaller than r' sends ``min(r', d_out, d_in)`` factors). ``params``
+    counts the values encoded (one vote per element for the sign source; factor entries and scales for low-rank).
+    """
+    params = nbytes = 0
+    for d_out, d_in in shapes.values():
+        if source == DenseInit.name:
+            params += d_out * d_in
+            nbytes += 4 * d_out * d_in
+        elif source == SignInit.name:
+            params += d_out * d_in
+            nbytes += math.ceil(d_out * d_in / 8)
+        elif source == LowRankInit.name:
+            k = min(rank, d_out, d_in)
+            params += k * (d_out + d_in)
+            if bits >= 16:
+                nbytes += bits // 8 * k * (d_out + d_in)
+            else:
+                params += 2 * k
+                nbytes += math.ceil(bits * k * d_out / 8) + math.ceil(bits * k * d_in / 8) + 2 * 4 * k
+    return {"params": params, "bytes": nbytes}
 
 
 def init_source_for(init: Any, adapter_rank: int, shapes: Shapes, run_seed: int, client: int | None = None) -> InitSource:

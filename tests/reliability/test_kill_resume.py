@@ -20,8 +20,12 @@ from fedsb.cli import main
 ARGS = ["--model", "tiny-bert", "--model.kind", "classification", "--rank", "4", "--rounds", "6", "--steps", "3",
         "--train.batch_size", "8", "--init.samples", "8", "--task.max_test_examples", "32", "--task.max_length", "24",
         "--federation.partition", "iid", "--train.threads", "1", "--no-progress"]
-# (method, seed of the kill point): every trial kills at a different random moment after round 0.
-TRIALS = [("fed-sb", 1), ("fedex-lora", 2), ("flora", 3)]
+# (method, seed of the kill point, signal): every trial stops the run at a different random moment after
+# round 0. SIGKILL gives the process no chance to clean up; SIGTERM is handled like Ctrl-C (exit 130).
+TRIALS = [("fed-sb", 1, "SIGKILL"), ("fedex-lora", 2, "SIGKILL"), ("flora", 3, "SIGKILL"), ("fed-sb", 4, "SIGTERM")]
+
+
+_REFS: dict[str, tuple[Path, float]] = {}
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -29,12 +33,14 @@ def rows(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("method", "seed"), TRIALS)
-def test_sigkill_at_random_point_then_resume_is_bit_identical(method, seed, tmp_path, capsys):
-    ref = tmp_path / "ref"
-    t0 = time.perf_counter()
-    assert main(["run", *ARGS, "--method", method, "--out", str(ref)]) == 0
-    run_time = time.perf_counter() - t0
+@pytest.mark.parametrize(("method", "seed", "sig"), TRIALS)
+def test_kill_at_random_point_then_resume_is_bit_identical(method, seed, sig, tmp_path, tmp_path_factory):
+    if method not in _REFS:  # one uninterrupted reference run per method
+        ref = tmp_path_factory.mktemp("ref") / method
+        t0 = time.perf_counter()
+        assert main(["run", *ARGS, "--method", method, "--out", str(ref)]) == 0
+        _REFS[method] = (ref, time.perf_counter() - t0)
+    ref, run_time = _REFS[method]
 
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -46,10 +52,13 @@ def test_sigkill_at_random_point_then_resume_is_bit_identical(method, seed, tmp_
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.01)
     time.sleep(random.Random(seed).uniform(0, 0.6 * run_time))  # mostly mid-run
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    proc.send_signal(getattr(signal, sig))
+    proc.wait(timeout=120)
     killed_after = load_checkpoint(killed).round
-    print(f"{method}: SIGKILL landed after round {killed_after} of 6 (exit {proc.returncode})")
+    print(f"{method}: {sig} landed after round {killed_after} of 6 (exit {proc.returncode})")
+    if sig == "SIGTERM" and proc.returncode != 0:  # 0: the run had already finished
+        err = proc.stderr.read().decode().strip().splitlines()
+        assert proc.returncode == 130 and err and "interrupted" in err[-1] and "--resume" in err[-1], err
 
     assert main(["run", "--resume", str(killed), "--no-progress"]) == 0
     assert (killed / "adapter_state.safetensors").read_bytes() == (ref / "adapter_state.safetensors").read_bytes()

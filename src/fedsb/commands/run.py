@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +120,23 @@ def resume(run_dir: str | Path, overrides: list[tuple[str, str]] | None = None, 
     return _execute(sim, rundir, console, start_round=start)
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (job schedulers, ``kill``) like Ctrl-C, so the run stops at a clean, resumable point."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _execute(sim: Simulator, rundir: RunDir, console: Console, start_round: int) -> SimulationResult:
     """Rounds ``start_round..`` with a checkpoint after each; a Ctrl-C abandons the current round cleanly."""
     fed, cfg = sim.fed, sim.cfg
@@ -150,8 +171,9 @@ def _execute(sim: Simulator, rundir: RunDir, console: Console, start_round: int)
 
     sim.on_round = on_round
     try:
-        result = sim.run(start_round=start_round)
-        save_final(rundir, result)
+        with sigterm_as_interrupt():
+            result = sim.run(start_round=start_round)
+            save_final(rundir, result)
     except KeyboardInterrupt:
         if not saved:
             raise Interrupted(

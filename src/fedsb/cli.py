@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--merged", help="output directory for the merged model (safetensors)")
     e.add_argument("--peft", help="output directory for a PEFT LoRA adapter")
     sub.add_parser("presets", help="list the config presets")
+    sub.add_parser("flower", help="run on Flower: `fedsb flower simulate|deploy|app ...` (see `fedsb flower --help`)")
     c = sub.add_parser("compare", help="run several methods/ranks/seeds on one model and data split; table + Pareto plot",
                        description="Compare methods on the same model, data split, local budget and seeds: accuracy vs "
                                    "parameters communicated per client per round. Any config key can be overridden as "
@@ -154,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = resolve(config, overrides, load_presets())
             run(cfg, overwrite="--overwrite" in flags, progress="--no-progress" not in flags)
             return 0
+        if argv and argv[0] == "flower":
+            from fedsb.commands.flower import flower
+
+            return flower([a for a in argv[1:] if a != "--debug"])
         if argv and argv[0] == "compare" and not ({"-h", "--help"} & set(argv)):
             from fedsb.commands.compare import compare, eval_every_given, split_compare_args
             from fedsb.config import resolve

@@ -43,12 +43,16 @@ class FakeGrid:
         }
         self.drop = drop or set()  # node ids whose replies are lost
         self.sent: list[Message] = []
+        self.crash_on: str | None = None  # message type at which the "server" dies (resume tests)
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.nodes)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         out = []
+        messages = list(messages)
+        if self.crash_on and any(m.metadata.message_type == self.crash_on for m in messages):
+            raise KeyboardInterrupt("simulated ServerApp crash")
         for m in messages:
             self.sent.append(m)
             node = m.metadata.dst_node_id

@@ -112,6 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--peft", help="output directory for a PEFT LoRA adapter")
     sub.add_parser("presets", help="list the config presets")
     sub.add_parser("flower", help="run on Flower: `fedsb flower simulate|deploy|app ...` (see `fedsb flower --help`)")
+    ev = sub.add_parser("eval", help="per-task accuracy of a run's (or a PEFT adapter's) causal LM, written to JSON",
+                        description="Evaluate a run directory or PEFT adapter on one or more tasks (data files, "
+                                    "directories, a directory of test-set directories, builtin or hub names).")
+    ev.add_argument("target", help="run directory (fedsb run --out) or PEFT adapter directory")
+    ev.add_argument("--task", action="append", default=[], help="task to evaluate (repeatable)")
+    ev.add_argument("--format", default="auto", help="data format: auto, commonsense, gsm8k, metamath, nli, jsonl")
+    ev.add_argument("--max-examples", type=int, help="evaluate a seeded sample of N examples per task")
+    ev.add_argument("--mode", default="auto", help="auto | likelihood | generate")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--max-length", type=int, help="token limit of prompt + answer (default: max(run's, 512))")
+    ev.add_argument("--threads", type=int, help="torch threads")
+    ev.add_argument("--device", default="cpu", help="cpu | cuda | auto (PEFT adapters; runs use their config)")
+    ev.add_argument("--out", help="JSON report path (default: TARGET/eval.json)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     c = sub.add_parser("compare", help="run several methods/ranks/seeds on one model and data split; table + Pareto plot",
                        description="Compare methods on the same model, data split, local budget and seeds: accuracy vs "
                                    "parameters communicated per client per round. Any config key can be overridden as "
@@ -180,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
             from fedsb.commands.export import export
 
             export(args.run_dir, args.merged, args.peft)
+        elif args.command == "eval":
+            from fedsb.commands.eval import evaluate
+
+            evaluate(args.target, args.task, args.max_examples, args.mode, args.batch_size, args.max_length, args.out,
+                     args.format, args.threads, args.device, progress=not args.no_progress)
         elif args.command == "presets":
             from fedsb.presets import load_presets
 
@@ -193,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a path through a file, no permission, disk full: one line, not a traceback
+        if debug:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}; check the path, its permissions and free disk space", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

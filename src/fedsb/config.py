@@ -35,6 +35,7 @@ class TaskConfig:
     format: str = "auto"  # auto | bigbench | jsonl | commonsense | gsm8k | nli
     prompt_field: str = "prompt"  # generic JSONL
     response_field: str = "response"  # generic JSONL
+    chat_template: str = "auto"  # causal LMs: auto (wrap the prompt in the tokenizer's chat template if it has one) | on | off
     max_length: int = 64
     test_fraction: float = 0.2  # held-out share when the data has no test split
     max_test_examples: int | None = None
@@ -137,6 +138,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "federation.weighting": ("examples", "uniform"),
     "train.schedule": ("cosine", "linear", "constant"),
     "eval.mode": ("auto", "likelihood", "generate"),
+    "task.chat_template": ("auto", "on", "off"),
     "dp.mode": ("off", "sample", "client"),
 }
 
@@ -383,7 +385,7 @@ def resolve(config_path: str | None, overrides: list[tuple[str, str]], presets: 
         presets = presets or {}
         if preset not in presets:
             raise UsageError(f"unknown preset {preset!r}{_did_you_mean(str(preset), list(presets))}; see `fedsb presets`")
-        data = merge(data, presets[preset])
+        data = merge(data, {k: v for k, v in presets[preset].items() if k != "description"})  # description: for `fedsb presets`
     data = merge(merge(data, file_data), over)
     if isinstance(data.get("dp"), dict) and "epsilon" in data["dp"] and "mode" not in data["dp"]:
         data["dp"]["mode"] = "sample"  # `--dp.epsilon 1` alone turns sample-level DP on

@@ -82,7 +82,7 @@ def make_objective(cfg: RunConfig, loaded: LoadedModel, task: TaskData, device: 
         return ClassificationObjective(loaded.tokenizer, cfg.task.max_length, device)
     from fedsb.objectives.causal_lm import CausalLMObjective
 
-    return CausalLMObjective(loaded.tokenizer, cfg.task.max_length, device, cfg.eval.mode, task)
+    return CausalLMObjective(loaded.tokenizer, cfg.task.max_length, device, cfg.eval.mode, task, cfg.task.chat_template)
 
 
 ENCODER_FAMILIES = ("bert", "roberta", "distilbert", "deberta", "deberta-v2", "electra", "xlm-roberta")

@@ -11,7 +11,10 @@ from fedsb.errors import FedsbError
 from fedsb.tasks.base import Example, TaskData, TaskKind
 from fedsb.tasks.bigbench import read_bigbench
 
-BUILTIN_TASKS = {"intent_recognition": "data/bigbench/intent_recognition/task.json"}
+BUILTIN_TASKS = {
+    "intent_recognition": "data/bigbench/intent_recognition/task.json",
+    "2_digit_addition": "data/bigbench/arithmetic_2_digit_addition/task.json",  # the LLM preset's task
+}
 
 
 def builtin_path(name: str) -> Path:

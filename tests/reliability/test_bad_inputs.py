@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedsb.cli import main
 from fedsb.errors import UsageError
@@ -102,6 +103,8 @@ CASES: list[Case] = [
     Case("threads-zero", run_args("--train.threads", "0"), 2, ("train.threads", ">= 1")),
     Case("norm-factor-negative", run_args("--federation.norm_factor", "-1"), 2, ("federation.norm_factor", ">= 0")),
     Case("seed-negative", run_args("--seed", "-1"), 2, ("seed", ">= 0")),
+    Case("out-is-a-file", run_args("--out", "{tmp}/bad.toml", out=False), 2, ("bad.toml", "is a file")),
+    Case("out-under-a-file", run_args("--out", "{tmp}/bad.toml/run", out=False), 1, ("bad.toml/run", "not a directory")),
     Case("out-exists-without-overwrite", run_args("--out", "{existing}", out=False), 2, ("already exists", "--overwrite", "--resume")),
     # --- config files ---
     Case("config-missing", ["run", "{tmp}/nope.toml"], 2, ("nope.toml", "not found")),
@@ -117,7 +120,13 @@ CASES: list[Case] = [
          ("cannot load model", "emptymodel")),
     Case("targets-match-nothing", run_args("--model.targets", "nope_proj"), 2, ("nope_proj", "match no linear layer", "query", "value")),
     Case("head-missing", run_args("--model.head", "no_head"), 2, ("no_head", "not found")),
+    Case("device-without-gpu", run_args("--model.device", "cuda"), 1, ("model.device", "no CUDA GPU")),
     # --- data files ---
+    Case("public-init-data-missing", run_args("--init.source", "public", "--init.public_path", "{tmp}/data/none.json"), 1,
+         ("init.public_path", "not found")),
+    # fails inside the adapter initialisation, after the run directory was set up: rolled back, old run restored
+    Case("public-init-data-invalid", run_args("--init.source", "public", "--init.public_path", "{tmp}/data/generative.json"), 1,
+         ("generative", "target_scores")),
     Case("data-missing", run_args("--data", "{tmp}/data/none.json"), 1, ("none.json", "not found")),
     Case("data-empty", run_args("--data", "{tmp}/data/empty.json"), 1, ("empty.json", "is empty")),
     Case("data-not-json", run_args("--data", "{tmp}/data/garbage.json"), 1, ("garbage.json:1", "not valid JSON")),
@@ -228,6 +237,8 @@ def check_case(case: Case, tmp: Path, finished: Path, capsys) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case, tmp_path, finished_run, capsys):
+    if case.id == "device-without-gpu" and torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible")
     check_case(case, tmp_path, finished_run, capsys)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import signal
 import threading
 import time
@@ -14,7 +16,7 @@ from rich.console import Console
 
 from fedsb.checkpoint import load_checkpoint, remove_stale_temp, restore_checkpoint, save_checkpoint
 from fedsb.config import RunConfig, from_dict, overrides_to_dict, validate
-from fedsb.errors import Interrupted, UsageError
+from fedsb.errors import FedsbError, Interrupted, UsageError
 from fedsb.export import export_peft
 from fedsb.federation import build_federation
 from fedsb.plots import plot_curves
@@ -71,17 +73,57 @@ def save_final(run: RunDir, result: SimulationResult) -> None:
 def run(cfg: RunConfig, overwrite: bool = False, console: Console | None = None, progress: bool = True) -> SimulationResult:
     console = console or Console(highlight=False, soft_wrap=True)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file, not a directory; pass a directory path")
     if out.exists() and any(out.iterdir()) and not overwrite:
         RunDir.create(out, overwrite=False)  # raises the usage error before any heavy work
+    check_paths(cfg)
     console.print(f"[bold]fedsb[/bold] {cfg.method} r={cfg.adapter.rank}: model {cfg.model.name}, task {cfg.task.name}, "
                   f"{cfg.federation.clients} clients x {cfg.federation.rounds} rounds")
     fed = build_federation(cfg)
     cfg.out = str(out)
-    # The old directory is only replaced once the model and data have loaded (bad input never destroys it).
-    rundir = RunDir.create(out, overwrite=overwrite)
-    rundir.write_config(cfg.to_dict())
-    sim = make_simulator(cfg, fed, progress)
-    return _execute(sim, rundir, console, start_round=1)
+    # The old directory is only replaced once the model and data have loaded (bad input never destroys it),
+    # and it is kept aside until the new run has written its first checkpoint: a failure before that
+    # (e.g. during the adapter initialisation) removes the new directory and puts the old one back.
+    existed = out.exists()
+    backup = _move_aside(out) if overwrite and existed and any(out.iterdir()) else None
+    try:
+        rundir = RunDir.create(out, overwrite=False)
+        rundir.write_config(cfg.to_dict())
+        sim = make_simulator(cfg, fed, progress)
+    except BaseException:
+        _roll_back(out, backup, existed)
+        raise
+    return _execute(sim, rundir, console, start_round=1, backup=backup, existed=existed)
+
+
+def check_paths(cfg: RunConfig) -> None:
+    """Local files the run will read, checked before any heavy work (the loaders check their contents)."""
+    if cfg.task.path is not None and not Path(cfg.task.path).expanduser().exists():
+        raise FedsbError(f"data file {cfg.task.path!r} not found; check task.path (--data)")
+    if cfg.init.source == "public" and cfg.init.public_path is not None and not Path(cfg.init.public_path).expanduser().exists():
+        raise FedsbError(f"init.public_path {cfg.init.public_path!r} not found; pass an existing data file, "
+                         "or leave it unset to use the task's held-out split")
+
+
+def _move_aside(out: Path) -> Path:
+    backup = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+    if backup.exists():
+        shutil.rmtree(backup)
+    out.rename(backup)
+    return backup
+
+
+def _roll_back(out: Path, backup: Path | None, existed: bool) -> None:
+    """Undo a new run that failed before its first checkpoint: no partial output, the old run restored."""
+    if out.exists():
+        if existed and backup is None:  # an empty directory the user made: keep it, empty
+            for entry in out.iterdir():
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+    if backup is not None and backup.exists():
+        backup.rename(out)
 
 
 def resume(run_dir: str | Path, overrides: list[tuple[str, str]] | None = None, console: Console | None = None,
@@ -137,8 +179,13 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _execute(sim: Simulator, rundir: RunDir, console: Console, start_round: int) -> SimulationResult:
-    """Rounds ``start_round..`` with a checkpoint after each; a Ctrl-C abandons the current round cleanly."""
+def _execute(sim: Simulator, rundir: RunDir, console: Console, start_round: int, backup: Path | None = None,
+             existed: bool = True) -> SimulationResult:
+    """Rounds ``start_round..`` with a checkpoint after each; a Ctrl-C abandons the current round cleanly.
+
+    A new run (``start_round == 1`` and nothing checkpointed) that fails before its first checkpoint is rolled
+    back (see :func:`run`); once round 0 is checkpointed, the replaced run's ``backup`` is deleted.
+    """
     fed, cfg = sim.fed, sim.cfg
     sizes = [len(s) for s in fed.shards]
     console.print(f"clients hold {sizes} training examples ({cfg.federation.partition}); {len(fed.task.test)} test examples; "
@@ -168,17 +215,22 @@ def _execute(sim: Simulator, rundir: RunDir, console: Console, start_round: int)
                           f"{cfg.federation.min_clients} valid updates; global state unchanged[/yellow]")
         save_checkpoint(rundir.path, sim)
         saved.append(row["round"])
+        if backup is not None and backup.exists():
+            shutil.rmtree(backup, ignore_errors=True)  # the new run is resumable now: drop the replaced one
 
     sim.on_round = on_round
     try:
         with sigterm_as_interrupt():
             result = sim.run(start_round=start_round)
             save_final(rundir, result)
-    except KeyboardInterrupt:
-        if not saved:
-            raise Interrupted(
-                f"interrupted before the first checkpoint; start again with `fedsb run ... --out {rundir.path} --overwrite`"
-            ) from None
+    except BaseException as exc:
+        fresh = not saved and start_round == 1
+        if fresh:
+            _roll_back(rundir.path, backup, existed)
+        if not isinstance(exc, KeyboardInterrupt):
+            raise
+        if fresh:
+            raise Interrupted("interrupted before the first checkpoint (round 0); nothing was written, run the same command again") from None
         where = "while writing the final outputs" if saved[-1] >= cfg.federation.rounds else f"in round {saved[-1] + 1}"
         raise Interrupted(
             f"interrupted {where}; {rundir.path} holds a checkpoint after round {saved[-1]}: "

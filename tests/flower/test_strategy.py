@@ -128,3 +128,11 @@ def test_resume_after_a_server_crash(tmp_path: Path) -> None:
     assert max_diff(resumed.state.adapter, ref.state.adapter) <= 1e-6
     assert max_diff(resumed.fed.adapted.residual_state(), ref.fed.adapted.residual_state()) <= 1e-6
     assert [r["round"] for r in resumed.rows] == [0, 1, 2, 3]
+
+
+def test_client_side_evaluation_and_dp_refusal() -> None:
+    s, grid = run_flower("fed-sb", FlowerOptions(client_eval=True), federation={"rounds": 1})
+    assert any(m.metadata.message_type == "evaluate" for m in grid.sent)
+    assert 0.0 <= s.rows[-1]["client_accuracy"] <= 1.0
+    with pytest.raises(FedsbError, match="dp.mode"):
+        FedsbStrategy(tiny_config(dp={"mode": "sample", "epsilon": 1.0}), FlowerOptions())

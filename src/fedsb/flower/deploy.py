@@ -55,7 +55,7 @@ def write_app(app_dir: str | Path, config: dict[str, Any] | None = None) -> Path
     app_dir = Path(app_dir)
     app_dir.mkdir(parents=True, exist_ok=True)
     cfg = {"out": "", "flower.config-file": "", "flower.wire-dtype": "float32", "flower.secagg": False,
-           "flower.resume": False, **(config or {})}
+           "flower.resume": False, "flower.overwrite": False, **(config or {})}
     lines = [
         "[build-system]", 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', "",
         "[project]", f'name = "{APP_NAME}"', 'version = "1.0.0"',
@@ -249,7 +249,9 @@ def deploy_run(cfg: Any, options: Any, supernodes: int, home: str | Path | None 
     cfg_path = base / "fedsb-config.toml"
     atomic_write_text(cfg_path, to_toml(cfg.to_dict()))
     app_dir = write_app(base / "app")
+    # overwrite: the caller (``fedsb flower deploy``) has already refused a non-empty --out without --overwrite
     run_config: dict[str, Any] = {"flower.config-file": str(cfg_path), "out": str(out), "flower.resume": resume,
+                                  "flower.overwrite": True,
                                   "flower.wire-dtype": options.wire_dtype, "flower.secagg": options.secagg}
     t0 = time.time()
     dep = LocalDeployment(supernodes, base)

@@ -14,6 +14,7 @@ keys for the transport (:class:`~fedsb.flower.strategy.FlowerOptions`):
 ``flower.timeout``                    seconds to wait for the replies of one round (default 600)
 ``flower.connect-timeout``            seconds to wait for the SuperNodes to connect (default 120)
 ``flower.resume``                     ``true``: continue the run directory ``out`` from its checkpoint
+``flower.overwrite``                  ``true``: replace a non-empty run directory ``out``
 ====================================  =======================================================================
 
 ``out`` names the run directory, written as by ``fedsb run`` (config.toml, metrics.jsonl, summary.json,
@@ -42,7 +43,7 @@ FLOWER_KEYS = {
     "flower.timeout": ("timeout", float),
     "flower.connect-timeout": ("connect_timeout", float),
 }
-EXTRA_KEYS = ("flower.config-file", "flower.resume")
+EXTRA_KEYS = ("flower.config-file", "flower.resume", "flower.overwrite")
 
 
 def nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -81,7 +82,7 @@ def parse_run_config(run_config: dict[str, Any]) -> tuple[RunConfig, FlowerOptio
 
 
 def serve(grid: Grid, context: Context, cfg: RunConfig, opts: FlowerOptions, resume: bool = False,
-          results: dict[str, Any] | None = None) -> FedsbStrategy:
+          results: dict[str, Any] | None = None, overwrite: bool = True) -> FedsbStrategy:
     """The ServerApp body: build the strategy, (re)start from the run directory, run all rounds, save outputs."""
     from fedsb.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
     from fedsb.commands.run import default_out
@@ -102,6 +103,8 @@ def serve(grid: Grid, context: Context, cfg: RunConfig, opts: FlowerOptions, res
             print(f"{out} is already complete; nothing to resume")
             return strategy
     else:
+        if not overwrite and out.exists() and any(out.iterdir()):
+            raise UsageError(f"run directory {out} is not empty; set flower.overwrite = true to replace it or flower.resume = true")
         strategy = FedsbStrategy(cfg, opts)
         rundir = RunDir.create(out, overwrite=True)
         rundir.write_config(cfg.to_dict())
@@ -159,5 +162,6 @@ def main(grid: Grid, context: Context) -> None:
     """Entry point for ``flwr run``: config from ``[tool.flwr.app.config]`` and ``--run-config``."""
     t0 = time.time()
     cfg, opts, extras = parse_run_config(dict(context.run_config))
-    serve(grid, context, cfg, opts, bool(extras.get("flower.resume", False)))
+    serve(grid, context, cfg, opts, bool(extras.get("flower.resume", False)),
+          overwrite=bool(extras.get("flower.overwrite", False)))
     print(f"[fedsb] ServerApp finished in {time.time() - t0:.1f} s", flush=True)

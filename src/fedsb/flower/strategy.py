@@ -83,6 +83,11 @@ class FedsbStrategy(Strategy):
         self.version: dict[int, int] = {}  # node id -> the round whose residual the node holds
         self.pending_row: dict[str, Any] = {}
         self.started = time.perf_counter()
+        if cfg.dp.mode != "off":
+            raise FedsbError(
+                f"dp.mode = {cfg.dp.mode!r} is not wired into the Flower app yet; use `fedsb run` for DP, or set dp.mode = off "
+                "(the hook: fedsb.flower.clientapp.set_trainer keeps a trainer's state_dict per node in Context.state)"
+            )
         if self.options.secagg and not self.method.additive:
             raise FedsbError(
                 f"flower.secagg: {self.method.name} cannot use secure aggregation, because its server needs each "

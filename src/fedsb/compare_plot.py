@@ -33,6 +33,7 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         for x, y, r in zip(xs, ys, pts, strict=True):
             ax.annotate(f"r={r['rank']}", (x, y), textcoords="offset points", xytext=(6, -12), fontsize=8, color=color)
     ax.set_xscale("log")
+    ax.margins(x=0.12, y=0.08)  # room for the rank labels at both ends
     ax.set_xlabel("parameters communicated per client per round (upload + download, log scale)")
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3, which="both")

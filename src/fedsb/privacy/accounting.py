@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from typing import Any
 
-from opacus.accountants import create_accountant
+import numpy as np
+from opacus.accountants import RDPAccountant, create_accountant
 from opacus.accountants.accountant import IAccountant
+from opacus.accountants.analysis import rdp as rdp_analysis
 
 from fedsb.errors import FedsbError, UsageError
 
@@ -27,6 +30,7 @@ from fedsb.errors import FedsbError, UsageError
 Entry = tuple[float, float, int]
 ACCOUNTANTS = ("rdp", "prv")
 MAX_SIGMA = 1e6
+RDP_ORDERS = RDPAccountant.DEFAULT_ALPHAS
 
 
 def make_accountant(mechanism: str, history: Iterable[Sequence[float]] = ()) -> IAccountant:
@@ -59,10 +63,21 @@ def epsilon_of(history: Iterable[Sequence[float]], delta: float, mechanism: str 
         return 0.0
     if any(sigma <= 0 and q > 0 for sigma, q, _ in hist):
         return math.inf
+    if mechanism == "rdp":
+        # RDPAccountant.get_epsilon's own arithmetic (rdp = sum steps * rdp_one_step), with the per-step
+        # RDP curve cached: a run reuses a handful of (sigma, q) pairs but asks for epsilon very often.
+        rdp = sum(steps * _rdp_one_step(sigma, q) for sigma, q, steps in hist)
+        eps, _ = rdp_analysis.get_privacy_spent(orders=RDP_ORDERS, rdp=rdp, delta=delta)
+        return float(eps)
     acc = make_accountant(mechanism, hist)
-    if mechanism == "prv":
-        return float(acc.get_epsilon(delta=delta, eps_error=0.01))
-    return float(acc.get_epsilon(delta=delta))
+    return float(acc.get_epsilon(delta=delta, eps_error=0.01))
+
+
+@lru_cache(maxsize=4096)
+def _rdp_one_step(sigma: float, q: float) -> np.ndarray:
+    out = rdp_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=RDP_ORDERS)
+    out.flags.writeable = False
+    return out
 
 
 def solve_noise_multiplier(

@@ -68,19 +68,21 @@ class SampleLevelDP(DPTrainer):
         """Every client's privatised init upload (None when the init reads no client data)."""
         if not private_init_needed(fed.cfg, fed):
             return None
-        out = []
-        for c in range(len(fed.shards)):
-            source = init_source_for(fed.cfg.init, fed.cfg.adapter.rank, layer_shapes(fed), fed.cfg.seed, c)
-            plan = self.plans[str(c)]
-            assert plan.init_sample_rate is not None
-            g = self.generator(2, c)
-            chosen = poisson_examples(fed.shards[c], plan.init_sample_rate, g)
-            sums = private_gradient_sums(fed.adapted, fed.objective, chosen, fed.cfg.init.batch_size,
-                                         fed.cfg.dp.max_grad_norm, plan.init_noise_multiplier, g)
-            self.ledger.spend(c, plan.init_noise_multiplier, plan.init_sample_rate, 1)
-            # The true count is data-dependent (Poisson); send the public expected count instead.
-            out.append((source.encode(sums, round(plan.init_sample_rate * plan.size)), round(plan.init_sample_rate * plan.size)))
-        return out
+        return [self.init_message(fed, c) for c in range(len(fed.shards))]
+
+    def init_message(self, fed: Federation, client: int) -> tuple[dict[str, torch.Tensor], int]:
+        """One client's privatised init upload, charged to its accountant (what a Flower node calls)."""
+        plan = self.plans[str(client)]
+        assert plan.init_sample_rate is not None
+        source = init_source_for(fed.cfg.init, fed.cfg.adapter.rank, layer_shapes(fed), fed.cfg.seed, client)
+        g = self.generator(2, client)
+        chosen = poisson_examples(fed.shards[client], plan.init_sample_rate, g)
+        sums = private_gradient_sums(fed.adapted, fed.objective, chosen, fed.cfg.init.batch_size,
+                                     fed.cfg.dp.max_grad_norm, plan.init_noise_multiplier, g)
+        self.ledger.spend(client, plan.init_noise_multiplier, plan.init_sample_rate, 1)
+        # The true count is data-dependent (Poisson); send the public expected count instead.
+        expected = round(plan.init_sample_rate * plan.size)
+        return source.encode(sums, expected), expected
 
     # --- one client's round ---------------------------------------------------------------------------
     def __call__(self, fed: Federation, client: int, round_idx: int, step_offset: int) -> dict[str, float]:

@@ -148,6 +148,18 @@ CASES: list[Case] = [
          ("adapter_state.safetensors", "not a valid safetensors")),
     Case("export-adapter-mismatch", ["export", "{run_other_rank}", "--merged", "{tmp}/merged"], 1,
          ("adapter_state.safetensors", "does not fit the model", "shape")),
+    # --- PEFT adapter directories (fedsb eval) ---
+    Case("adapter-dir-missing", ["eval", "{tmp}/nope_adapter", "--task", "2_digit_addition"], 2, ("nope_adapter", "not a directory")),
+    Case("adapter-weights-missing", ["eval", "{peft_no_weights}", "--task", "2_digit_addition"], 1,
+         ("adapter_model.safetensors is missing", "incomplete")),
+    Case("adapter-weights-pickle", ["eval", "{peft_pickle}", "--task", "2_digit_addition"], 1, ("adapter_model.bin", "pickle")),
+    Case("adapter-weights-corrupt", ["eval", "{peft_corrupt}", "--task", "2_digit_addition"], 1,
+         ("adapter_model.safetensors", "not a valid safetensors")),
+    Case("adapter-config-broken", ["eval", "{peft_bad_config}", "--task", "2_digit_addition"], 1, ("adapter_config.json", "PEFT")),
+    Case("adapter-other-model", ["eval", "{peft_mismatch}", "--task", "2_digit_addition"], 1,
+         ("lora_A", "needs", "trained on another model")),
+    Case("adapter-unknown-module", ["eval", "{peft_unknown_module}", "--task", "2_digit_addition"], 1,
+         ("not a linear layer of the base model",)),
     # --- resume ---
     Case("resume-missing-dir", ["run", "--resume", "{tmp}/runs/none"], 2, ("cannot resume", "no such run directory")),
     Case("resume-needs-dir", ["run", "--resume"], 2, ("--resume needs the run directory",)),
@@ -186,7 +198,40 @@ def finished_run(tmp_path_factory) -> Path:
     return d
 
 
-def prepare(tmp: Path, finished: Path) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def peft_adapter(tmp_path_factory) -> Path:
+    """A valid PEFT LoRA adapter for the builtin tiny-llama (what `fedsb run ... --model tiny-llama` exports)."""
+    from fedsb.adapters.model import AdaptedModel
+    from fedsb.export import export_peft
+    from fedsb.models import load_model
+
+    loaded = load_model("tiny-llama", "causal-lm")
+    adapted = AdaptedModel(loaded.model, loaded.targets, "lora", 4)
+    adapted.init_lora(0)
+    return export_peft(adapted, tmp_path_factory.mktemp("peft") / "adapter", "tiny-llama", "CAUSAL_LM")
+
+
+def peft_variants(tmp: Path, adapter: Path) -> dict[str, str]:
+    """Broken copies of a valid adapter: each misses or damages one thing."""
+    from safetensors.torch import load_file, save_file
+
+    out = {}
+    for name in ("no_weights", "pickle", "corrupt", "bad_config", "mismatch", "unknown_module"):
+        d = tmp / "peft" / name
+        shutil.copytree(adapter, d)
+        out[f"peft_{name}"] = str(d)
+    w = "adapter_model.safetensors"
+    (tmp / "peft" / "no_weights" / w).unlink()
+    (tmp / "peft" / "pickle" / w).rename(tmp / "peft" / "pickle" / "adapter_model.bin")
+    (tmp / "peft" / "corrupt" / w).write_bytes(b"\xff" * 32)
+    (tmp / "peft" / "bad_config" / "adapter_config.json").write_text("{")
+    t = load_file(str(adapter / w))
+    save_file({k: (v[:, :-1].contiguous() if ".lora_A." in k else v) for k, v in t.items()}, str(tmp / "peft" / "mismatch" / w))
+    save_file({k.replace("q_proj", "no_such_proj"): v for k, v in t.items()}, str(tmp / "peft" / "unknown_module" / w))
+    return out
+
+
+def prepare(tmp: Path, finished: Path, adapter: Path) -> dict[str, str]:
     for name, content in FILES.items():
         p = tmp / name
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -216,11 +261,11 @@ def prepare(tmp: Path, finished: Path) -> dict[str, str]:
     assert "rank = 4" in cfg
     (other / "config.toml").write_text(cfg.replace("rank = 4", "rank = 2"))
     return {"tmp": str(tmp), "existing": str(existing), "run": str(run), "run_no_adapter": str(no_adapter),
-            "run_corrupt_adapter": str(corrupt), "run_other_rank": str(other)}
+            "run_corrupt_adapter": str(corrupt), "run_other_rank": str(other), **peft_variants(tmp, adapter)}
 
 
-def check_case(case: Case, tmp: Path, finished: Path, capsys) -> None:
-    where = prepare(tmp, finished)
+def check_case(case: Case, tmp: Path, finished: Path, adapter: Path, capsys) -> None:
+    where = prepare(tmp, finished, adapter)
     argv = [a.format(**where) for a in case.argv]
     before = snapshot(tmp)
     capsys.readouterr()
@@ -236,16 +281,22 @@ def check_case(case: Case, tmp: Path, finished: Path, capsys) -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case, tmp_path, finished_run, capsys):
+def test_bad_input(case, tmp_path, finished_run, peft_adapter, capsys):
     if case.id == "device-without-gpu" and torch.cuda.is_available():
         pytest.skip("a CUDA GPU is visible")
-    check_case(case, tmp_path, finished_run, capsys)
+    check_case(case, tmp_path, finished_run, peft_adapter, capsys)
 
 
 @pytest.mark.parametrize("case", JSONL_CASES, ids=[c.id for c in JSONL_CASES])
-def test_bad_jsonl_input(case, tmp_path, finished_run, capsys):
-    pytest.importorskip("fedsb.tasks.records", reason="JSON/JSONL task loaders not present")
-    check_case(case, tmp_path, finished_run, capsys)
+def test_bad_jsonl_input(case, tmp_path, finished_run, peft_adapter, capsys):
+    check_case(case, tmp_path, finished_run, peft_adapter, capsys)
+
+
+def test_the_unbroken_adapter_passes_the_checks(peft_adapter):
+    from fedsb.models import load_model
+    from fedsb.peft_checks import check_peft_adapter
+
+    assert check_peft_adapter(peft_adapter, load_model("tiny-llama", "causal-lm").model)["r"] == 4
 
 
 def test_at_least_30_distinct_bad_inputs():

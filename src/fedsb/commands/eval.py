@@ -67,7 +67,13 @@ def load_peft(p: Path, device: str) -> Evaluable:
     if conf.get("task_type") not in (None, "CAUSAL_LM"):
         raise FedsbError(f"{p} is a {conf.get('task_type')} adapter; evaluate classifier runs through their run directory")
     loaded = load_model(base, "causal-lm")
-    model = PeftModel.from_pretrained(loaded.model, str(p)).merge_and_unload()
+    from fedsb.peft_checks import check_peft_adapter
+
+    check_peft_adapter(p, loaded.model)  # incomplete or mismatched adapters: one line, not PEFT's traceback
+    try:
+        model = PeftModel.from_pretrained(loaded.model, str(p)).merge_and_unload()
+    except (ValueError, RuntimeError, OSError, KeyError) as e:
+        raise FedsbError(f"PEFT cannot load the adapter in {p} ({str(e).strip().splitlines()[0][:160]}); re-export it") from None
     model.to(resolve_device(device))
     return Evaluable(model, loaded.tokenizer, "causal-lm", "auto", 512, str(p), p / "eval.json")
 

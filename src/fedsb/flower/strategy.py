@@ -69,7 +69,7 @@ class FedsbStrategy(Strategy):
         self.fed = fed or build_federation(cfg)
         self.method = self.fed.method
         self.comm = CommLedger(wire_dtype=self.options.wire_dtype)
-        self.validator = UpdateValidator(cfg.federation.min_clients)
+        self.validator = UpdateValidator.from_config(cfg)  # norm and example-count bounds from [federation]
         self.on_round = on_round
         self.trainer = None  # checkpoint.py hook (server side holds no trainer state)
         self.stop_reason: str | None = None  # Simulator.summary reads it (DP budget stops)

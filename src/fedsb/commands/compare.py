@@ -21,6 +21,7 @@ import io
 import multiprocessing as mp
 import os
 import queue
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -374,7 +375,14 @@ def describe(cfg: RunConfig, seeds: list[int], workers: int) -> str:
             f"seeds {seeds}, {workers} worker(s) x {t.threads} torch thread(s) on {os.cpu_count()} cores")
 
 
-def write_report(out: Path, rows: list[dict[str, Any]], results: list[RunResult], header: str, wall: float) -> None:
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished (joined) worker processes."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def write_report(out: Path, rows: list[dict[str, Any]], results: list[RunResult], header: str, wall: float,
+                 cpu: float | None = None) -> None:
     md = [
         "# fedsb compare",
         "",
@@ -385,7 +393,8 @@ def write_report(out: Path, rows: list[dict[str, Any]], results: list[RunResult]
         "Wall: mean seconds per run.",
         "",
         markdown_table(rows),
-        f"Total wall time: {wall:.0f} s for {len(results)} runs.",
+        f"Total wall time: {wall:.0f} s for {len(results)} runs"
+        + (f"; CPU time {cpu:.0f} s (user + system, all workers)." if cpu is not None else "."),
         "",
         "![accuracy vs communication](compare.png)",
         "",
@@ -393,7 +402,8 @@ def write_report(out: Path, rows: list[dict[str, Any]], results: list[RunResult]
     atomic_write_text(out / "compare.md", "\n".join(md))
     atomic_write_text(out / "compare.csv", csv_text(rows))
     write_json(out / "compare.json", {
-        "header": header, "wall_seconds": round(wall, 2), "rows": rows,
+        "header": header, "wall_seconds": round(wall, 2), "cpu_seconds": None if cpu is None else round(cpu, 1),
+        "rows": rows,
         "runs": [{"method": r.method, "rank": r.rank, "seed": r.seed, "dir": str(r.run_dir.relative_to(out)),
                   "accuracy": accuracy_of(r.summary), "wall_seconds": r.summary["wall_seconds"]} for r in results],
     })
@@ -440,7 +450,7 @@ def compare(
                        for i, (s, (m, r)) in enumerate((s, v) for s in seeds for v in variants)]
     order = {(m, r, s): i for i, m, r, s, _ in jobs}
     results: list[RunResult] = []
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), cpu_seconds()
     bar = tqdm(total=n_runs, desc="compare", unit="run", disable=not progress)
 
     def on_result(r: RunResult) -> None:
@@ -455,14 +465,14 @@ def compare(
         run_jobs(cfg, jobs, workers, on_result)
     finally:
         bar.close()
-    wall = time.perf_counter() - t_start
+    wall, cpu = time.perf_counter() - t_start, cpu_seconds() - cpu_start
     rows = summarise(results, spec)
     first = results[0].summary
     title = f"{first.get('task', cfg.task.name)}: accuracy vs communication ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
     header = f"model {first.get('model', cfg.model.name)}, task {first.get('task', cfg.task.name)}, {header}"
-    write_report(rundir.path, rows, results, header, wall)
+    write_report(rundir.path, rows, results, header, wall, cpu)
     plot_pareto(rows, rundir.path / "compare.png", title)
     print(markdown_table(rows), end="")
-    console.print(f"[bold green]done[/bold green] in {wall:.0f} s; results in {rundir.path}/ "
+    console.print(f"[bold green]done[/bold green] in {wall:.0f} s (CPU {cpu:.0f} s); results in {rundir.path}/ "
                   "(compare.md, compare.csv, compare.json, compare.png, runs/*/summary.json)")
     return rows

@@ -54,7 +54,7 @@ def check(data) -> None:
     assert isinstance(cfg, RunConfig)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config_dicts())
 def test_config_dicts_validate_or_raise_fedsb_error(data):
     check(data)
@@ -75,3 +75,26 @@ def test_command_line_overrides_validate_or_raise_fedsb_error(pairs):
     except FedsbError:
         return
     check(data)
+
+
+toml_lines = st.one_of(
+    st.text(max_size=30),
+    st.builds(lambda k, v: f"{k} = {v}", section_key.map(lambda k: k.split(".")[-1]),
+              st.sampled_from(["1", "-3", "0.5", "nan", "inf", "true", '"x"', "[1, 2]", "{a = 1}", "1e999", "99999999999999999999"])),
+    st.sampled_from([f"[{s}]" for s in SECTIONS] + ["[nope]", "[[federation]]", "["]),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(toml_lines, max_size=8))
+def test_config_files_validate_or_raise_fedsb_error(tmp_path, lines):
+    from fedsb.config import resolve
+
+    path = tmp_path / "fuzz.toml"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    try:
+        cfg = resolve(str(path), [])
+    except FedsbError as e:
+        assert str(e) and "\n" not in str(e), str(e)
+        return
+    assert isinstance(cfg, RunConfig)

@@ -4,11 +4,16 @@ Embedded task (all-MiniLM-L6-v2 on BIG-bench intent_recognition, 7 classes), 3 I
 Every run is a full fedsb sample-level DP run: Poisson-sampled DP-SGD with Opacus in every client, sigma
 solved per client from the target (epsilon, delta = 1/max N_client) over the whole planned run, one RDP
 accountant per client kept across rounds; for Fed-SB the federated LoRA-SB init is privatised and charged to
-the same accountant. The reduced schedule (see DEFAULTS) keeps all runs within ~15 minutes of one busy
-CPU thread.
+the same accountant. The schedule is reduced (DEFAULTS: 3 rounds x 5 local steps, expected batch 16,
+init from 16 expected examples per client) because one MiniLM step costs ~0.6-1.3 CPU-seconds here; the
+24 DP runs need ~15 CPU-minutes. Runs of one seed share one model load (the pristine weights are restored
+before each run).
 
     python benchmarks/dp_compare.py                 # writes benchmarks/results/dp_compare.{md,csv,json,png}
     python benchmarks/dp_compare.py --seeds 0 --epsilons 1 --methods fed-sb   # one quick run
+    # one single-threaded worker per seed, then merge (how the committed table was made):
+    for s in 0 1 2; do python benchmarks/dp_compare.py --seeds $s --name dp_compare_s$s & done; wait
+    python benchmarks/dp_compare.py --merge dp_compare_s0 dp_compare_s1 dp_compare_s2
 
 The paper's claim for comparison (bert-base-cased, SNLI, 3 clients): at epsilon 1 Fed-SB 73.8 vs
 FFA-LoRA 70.1; at epsilon 3 74.9 vs 71.5.
@@ -17,6 +22,7 @@ FFA-LoRA 70.1; at epsilon 3 74.9 vs 71.5.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -26,15 +32,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_info, machine_line, md_table, save_png, write_results  # noqa: E402
+from common import RESULTS, machine_info, machine_line, md_table, save_png, write_results  # noqa: E402
 
 METHODS = {"fed-sb": 16, "ffa-lora": 8, "fedit": 8, "fedex-lora": 8}  # method -> rank (DESIGN.md section 8)
 DEFAULTS: dict[str, Any] = {
     "model": {"name": "minilm"},
     "federation": {"clients": 3, "rounds": 3, "partition": "iid"},
-    "train": {"local_steps": 6, "batch_size": 32, "threads": 1},
+    "train": {"local_steps": 5, "batch_size": 16, "threads": 1},
     "task": {"max_length": 48},
-    "init": {"samples": 32},
+    "init": {"samples": 16},
     "eval": {"every": 100, "batch_size": 128},
     "dp": {"max_grad_norm": 1.0},
 }
@@ -163,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=DEFAULTS["train"]["local_steps"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default="dp_compare")
+    ap.add_argument("--merge", nargs="*", default=[], help="combine the rows of these earlier result names (no new runs)")
     args = ap.parse_args(argv)
 
     import torch
@@ -172,8 +179,10 @@ def main(argv: list[str] | None = None) -> None:
     meta = {"machine": machine_info(args.threads), "settings": {**DEFAULTS, **over}, "methods": {m: METHODS[m] for m in args.methods}}
     eps_list: list[float | None] = [*args.epsilons, *([None] if args.no_dp else [])]
     rows: list[dict[str, Any]] = []
+    for part in args.merge:  # rows of earlier invocations (e.g. one worker per seed)
+        rows += json.loads((RESULTS / f"{part}.json").read_text())["rows"]
     t_all = time.perf_counter()
-    for seed in args.seeds:
+    for seed in args.seeds if not args.merge else []:
         for eps in eps_list:
             for m in args.methods:
                 r = run_one(m, METHODS[m], eps, seed, over)
@@ -181,12 +190,17 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{m:11s} eps={eps if eps is not None else 'inf':>4} seed={seed}: acc {r['accuracy']:.4f} "
                       f"(eps spent {r['epsilon_spent']:.3f}, after init {r['epsilon_after_init']:.3f}, "
                       f"sigma {r['noise_multiplier_min']:.2f}-{r['noise_multiplier_max']:.2f}) {r['seconds']:.0f}s", flush=True)
-    wall = time.perf_counter() - t_all
+                write_all(args, rows, meta, time.perf_counter() - t_all, quiet=True)  # partial results survive a kill
+    write_all(args, rows, meta, time.perf_counter() - t_all)
+
+
+def write_all(args: argparse.Namespace, rows: list[dict[str, Any]], meta: dict[str, Any], wall: float, quiet: bool = False) -> None:
     summary = aggregate(rows)
-    s = DEFAULTS | over
+    s = DEFAULTS
+    seeds = sorted({r["seed"] for r in rows})
     setting = (f"MiniLM-L6 on BIG-bench intent_recognition, {s['federation']['clients']} IID clients x {args.rounds} rounds x "
                f"{args.steps} DP-SGD steps (Poisson, expected batch {s['train']['batch_size']}), clip {s['dp']['max_grad_norm']}, "
-               f"AdamW at fedsb's default learning rates, max_length {s['task']['max_length']}, seeds {args.seeds}")
+               f"AdamW at fedsb's default learning rates, init.samples {s['init']['samples']}, seeds {seeds}")
     cols = [("method", "method", str), ("rank", "r", str), ("epsilon", "target eps", lambda v: "no DP" if not math.isfinite(v) else f"{v:g}"),
             ("accuracy_mean", "accuracy", lambda v: f"{v:.4f}"), ("accuracy_std", "± std", lambda v: f"{v:.4f}"),
             ("epsilon_spent_max", "eps spent (max client)", lambda v: "-" if not math.isfinite(v) else f"{v:.3f}"),
@@ -195,11 +209,12 @@ def main(argv: list[str] | None = None) -> None:
             ("seconds_mean", "s/run", lambda v: f"{v:.0f}")]
     md = (f"# DP comparison (sample-level DP-SGD)\n\n{setting}.\n\n" + md_table(summary, cols)
           + "\nPaper (bert-base-cased, SNLI, 3 clients): epsilon 1: Fed-SB 73.8 vs FFA-LoRA 70.1; epsilon 3: 74.9 vs 71.5.\n\n"
-          + f"{machine_line(meta['machine'])} Total {wall / 60:.1f} min.\n")
+          + f"{machine_line(meta['machine'])} Wall time of this invocation {wall / 60:.1f} min (s/run: wall seconds per run on the shared box).\n")
     paths = write_results(args.name, rows, md, {**meta, "summary": summary, "wall_seconds": round(wall, 1)})
     save_png(plot(summary, setting), args.name)
-    print(md)
-    print("wrote", ", ".join(str(p) for p in paths))
+    if not quiet:
+        print(md)
+        print("wrote", ", ".join(str(p) for p in paths))
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ class DPTrainer:
             eps = self.ledger.epsilon(party, plan.round_entries(rounds))
             if eps > self.budget * (1 + 1e-9):
                 who = "the clients" if party == "clients" else f"client {party}"
-                return (f"privacy budget exhausted: round {rounds[-1]} would raise {who}' epsilon to {eps:.4g} > "
+                return (f"privacy budget exhausted: round {rounds[-1]} would raise the epsilon of {who} to {eps:.4g} > "
                         f"dp.epsilon = {self.budget:g} (delta = {self.ledger.delta:.3g})")
         return None
 

@@ -28,6 +28,7 @@ from common import (  # noqa: E402
     machine_line,
     md_table,
     peak_rss_bytes,
+    quiet,
     rss_bytes,
     save_png,
     write_results,
@@ -45,6 +46,7 @@ def child(k: int, rounds: int, threads: int) -> dict:
     from fedsb.simulation import Simulator
     from fedsb.tasks import load_task
 
+    quiet()
     torch.set_num_threads(threads)
     cfg = validate(from_dict({
         "method": "fed-sb", "seed": 0, "adapter": {"rank": 16},

@@ -28,6 +28,16 @@ RESULTS = REPO / "benchmarks" / "results"
 Column = tuple[str, str, Callable[[Any], str]]  # (key, header, formatter)
 
 
+def quiet() -> None:
+    """No load reports or FutureWarnings from transformers in benchmark output."""
+    import warnings
+
+    from fedsb.cli import quiet_libraries
+
+    quiet_libraries()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

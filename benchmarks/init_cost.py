@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fmt, machine_info, machine_line, md_table, save_png, write_results  # noqa: E402
+from common import fmt, machine_info, machine_line, md_table, quiet, save_png, write_results  # noqa: E402
 
 SVD_VARIANTS = [("exact", "exact", 0, 0), ("lowrank q=r+8, niter=2 (default)", "lowrank", 8, 2),
                 ("lowrank q=r+8, niter=4", "lowrank", 8, 4), ("lowrank q=r+8, niter=0", "lowrank", 8, 0)]
@@ -53,11 +53,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--big-rank", type=int, default=200)
     args = ap.parse_args()
-    import warnings
-
     import torch
 
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    quiet()
     torch.set_num_threads(args.threads)
     machine = machine_info(args.threads)
     torch.linalg.svd(torch.randn(64, 64), full_matrices=False)  # warm-up: LAPACK's first call is slow

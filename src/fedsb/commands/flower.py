@@ -77,11 +77,21 @@ def _report(console: Console, summary: dict[str, Any], out: Path) -> None:
     console.print(f"results in {out}/ (summary.json, metrics.jsonl with wire_* fields per round, wire.json, adapter/)")
 
 
-def _resolve(config: str | None, overrides: list[tuple[str, str]]) -> Any:
-    from fedsb.config import resolve
+def _resolve(config: str | None, overrides: list[tuple[str, str]], resume: bool = False) -> Any:
+    """The run's config; with ``--resume``, the one saved in ``--out DIR``'s checkpoint (as ``fedsb run --resume``)."""
+    from fedsb.config import from_dict, overrides_to_dict, resolve, validate
     from fedsb.presets import load_presets
 
-    return resolve(config, overrides, load_presets())
+    if not resume:
+        return resolve(config, overrides, load_presets())
+    over = overrides_to_dict(overrides)
+    if config is not None or set(over) - {"out"} or not over.get("out"):
+        raise UsageError("--resume continues a run with its saved config: pass only --out DIR (the interrupted run)")
+    from fedsb.checkpoint import load_checkpoint
+
+    cfg = validate(from_dict(load_checkpoint(over["out"]).config))
+    cfg.out = str(over["out"])
+    return cfg
 
 
 def _out(cfg: Any, opts: dict[str, Any]) -> Path:
@@ -96,13 +106,25 @@ def _out(cfg: Any, opts: dict[str, Any]) -> Path:
     return out
 
 
+def _complete(cfg: Any, out: Path, console: Console) -> bool:
+    """``--resume`` of a finished run: say so instead of starting Flower."""
+    from fedsb.checkpoint import load_checkpoint
+
+    if load_checkpoint(out).round >= cfg.federation.rounds and (out / "summary.json").is_file():
+        console.print(f"{out} is already complete ({cfg.federation.rounds} of {cfg.federation.rounds} rounds); nothing to resume")
+        return True
+    return False
+
+
 def simulate_cmd(tokens: list[str], console: Console | None = None) -> dict[str, Any]:
     from fedsb.flower.simulate import backend_config, simulate
 
     console = console or Console(highlight=False, soft_wrap=True)
     config, opts, overrides = split_flower_args(tokens)
-    cfg = _resolve(config, overrides)
+    cfg = _resolve(config, overrides, bool(opts.get("resume")))
     out = _out(cfg, opts)
+    if opts.get("resume") and _complete(cfg, out, console):
+        return {}
     cpus = float(opts.get("cpus-per-client", 1))
     console.print(f"[bold]fedsb flower simulate[/bold] {cfg.method} r={cfg.adapter.rank}: {cfg.federation.clients} virtual "
                   f"SuperNodes x {cfg.federation.rounds} rounds, {cpus:g} CPU per ClientApp")
@@ -117,11 +139,13 @@ def deploy_cmd(tokens: list[str], console: Console | None = None) -> dict[str, A
 
     console = console or Console(highlight=False, soft_wrap=True)
     config, opts, overrides = split_flower_args(tokens)
-    if "supernodes" in opts:
+    if "supernodes" in opts and not opts.get("resume"):
         overrides = [*overrides, ("federation.clients", str(opts["supernodes"]))]
-    cfg = _resolve(config, overrides)
+    cfg = _resolve(config, overrides, bool(opts.get("resume")))
     n = cfg.federation.clients
     out = _out(cfg, opts)
+    if opts.get("resume") and _complete(cfg, out, console):
+        return {}
     console.print(f"[bold]fedsb flower deploy[/bold] {cfg.method} r={cfg.adapter.rank}: SuperLink + {n} SuperNodes on 127.0.0.1, "
                   f"{cfg.federation.rounds} rounds (insecure, loopback only)")
     summary = deploy_run(cfg, _options(opts), n, home=opts.get("deploy-home"), resume=bool(opts.get("resume")))

@@ -94,13 +94,15 @@ def serve(grid: Grid, context: Context, cfg: RunConfig, opts: FlowerOptions, res
     if resume:
         ckpt = load_checkpoint(out)
         saved = validate(from_dict(ckpt.config))
-        if saved.to_dict() != cfg.to_dict():
+        if {**saved.to_dict(), "out": None} != {**cfg.to_dict(), "out": None}:
             raise FedsbError(f"flower.resume: the run config differs from the one saved in {out}; resume with the same config")
         strategy = FedsbStrategy(cfg, opts)
         start = restore_checkpoint(strategy, ckpt)  # type: ignore[arg-type]
         rundir = RunDir(out)
         if start > cfg.federation.rounds:
             print(f"{out} is already complete; nothing to resume")
+            if results is not None:
+                results["strategy"] = strategy
             return strategy
     else:
         if not overwrite and out.exists() and any(out.iterdir()):

@@ -136,3 +136,15 @@ def test_client_side_evaluation_and_dp_refusal() -> None:
     assert 0.0 <= s.rows[-1]["client_accuracy"] <= 1.0
     with pytest.raises(FedsbError, match="dp.mode"):
         FedsbStrategy(tiny_config(dp={"mode": "sample", "epsilon": 1.0}), FlowerOptions())
+
+
+def test_deployment_nodes_train_on_their_own_data_file() -> None:
+    data = Path(__file__).resolve().parents[2] / "src" / "fedsb" / "data" / "bigbench" / "intent_recognition" / "task.json"
+    cfg = tiny_config(federation={"clients": 2, "rounds": 1})
+    s = FedsbStrategy(cfg, FlowerOptions())
+    grid = FakeGrid(client_app, 2, node_config=lambda i, k: {"partition-id": i, "num-partitions": k, "data-path": str(data)})
+    s.run(grid, context=server_context())
+    # each silo's whole file is its shard: both report the full training split, not a partition of it
+    full = len(s.fed.task.train)
+    assert s.examples == {0: full, 1: full}
+    assert s.rows[-1]["clients_accepted"] == 2

@@ -39,13 +39,14 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_
 
 import torch  # noqa: E402
 
-from fedsb.adapters.lora_sb_init import gradient_sums, lora_sb_init_from_directions  # noqa: E402
+from fedsb.adapters.lora_sb_init import gradient_sums  # noqa: E402
 from fedsb.adapters.subspace import adapter_factors, init_agreement  # noqa: E402
+from fedsb.comm import round_params  # noqa: E402
 from fedsb.config import RunConfig, from_dict, validate  # noqa: E402
-from fedsb.federation import Federation, build_federation, layer_shapes  # noqa: E402
+from fedsb.federation import Federation, build_federation, initialise_adapters, layer_shapes  # noqa: E402
 from fedsb.init_sources import init_source_for  # noqa: E402
 from fedsb.rundir import atomic_write_bytes, atomic_write_text  # noqa: E402
-from fedsb.simulation import Simulator  # noqa: E402
+from fedsb.simulation import Simulator, layer_dims  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -90,11 +91,13 @@ def agreement_without_training(fed: Federation, variant: str, sums: list[tuple[d
     cfg = fed.cfg
     set_init(cfg, variant)
     shapes = layer_shapes(fed)
-    msgs = [(init_source_for(cfg.init, RANK, shapes, cfg.seed, c).encode(s, n), n) for c, (s, n) in enumerate(sums)]
-    server = init_source_for(cfg.init, RANK, shapes, cfg.seed)
-    lora_sb_init_from_directions(fed.adapted, server.combine(msgs), cfg.init.svd, cfg.init.oversample, cfg.init.niter, cfg.seed)
+    if init_source_for(cfg.init, RANK, shapes, cfg.seed).federated:
+        msgs = [(init_source_for(cfg.init, RANK, shapes, cfg.seed, c).encode(s, n), n) for c, (s, n) in enumerate(sums)]
+        up = initialise_adapters(fed, msgs)
+    else:  # public: the server's own gradient on its public data
+        up = initialise_adapters(fed)
     agreement = init_agreement(reference, adapter_factors(fed.adapted)) if reference else {}
-    return {**agreement, "init_upload_bytes_per_client": max(server.upload_bytes(m) for m, _ in msgs)}
+    return {**agreement, "init_upload_bytes_per_client": up["upload_bytes"]}
 
 
 def train(fed: Federation, head0: dict[str, torch.Tensor], seed: int) -> dict[str, Any]:
@@ -131,9 +134,12 @@ def run_task(task: str, seeds: list[int], trained: list[str], agreement_only: li
         fed.adapted.set_state(head0)
         agreement_without_training(fed, "dense", sums, {})  # sets B, A
         reference = adapter_factors(fed.adapted)
+        # FedIT r=8's upload per client over the run, analytically (the same for every seed).
+        head = sum(p.numel() for p in fed.adapted.head_parameters())
+        fedit_up = round_params("fedit", 8, layer_dims(fed), len(fed.shards), head)[0] * 4 * cfg.federation.rounds
         for variant in trained + agreement_only:
-            row: dict[str, Any] = {"task": fed.task.name, "seed": seed, "variant": variant, "method": "fed-sb", "rank": RANK,
-                                   **{k: v for k, v in VARIANTS[variant].items()}}
+            row: dict[str, Any] = {"task": task, "seed": seed, "variant": variant, "method": "fed-sb", "rank": RANK,
+                                   **{k: v for k, v in VARIANTS[variant].items()}, "fedit_total_upload_analytic": fedit_up}
             set_init(cfg, variant)
             if variant in trained:
                 row.update(train(fed, head0, seed))
@@ -144,14 +150,16 @@ def run_task(task: str, seeds: list[int], trained: list[str], agreement_only: li
             rows.append(row)
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
         del fed
-        if fedit_seeds is not None and seed not in fedit_seeds:
-            continue
+        print(f"# {task} seed {seed}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    # FedIT last: its upload bytes do not depend on the seed (they are also computed analytically above),
+    # so its accuracy is the part to drop when time runs out.
+    for seed in seeds if fedit_seeds is None else fedit_seeds:
         fedit = build_federation(base_config(task, seed, "fedit", 8))
         torch.manual_seed(seed)
-        row = {"task": fedit.task.name, "seed": seed, "variant": "fedit-r8", "method": "fedit", "rank": 8, **train(fedit, fedit.adapted.get_state(fedit.adapted.head_state_names()), seed)}
+        row = {"task": task, "seed": seed, "variant": "fedit-r8", "method": "fedit", "rank": 8,
+               **train(fedit, fedit.adapted.get_state(fedit.adapted.head_state_names()), seed)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-        print(f"# {task} seed {seed}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return rows
 
 
@@ -172,6 +180,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         trs = [r for r in rows if r["task"] == task]
         fedit = [r for r in trs if r["variant"] == "fedit-r8"]
         fedit_total = statistics.fmean(r["total_upload_bytes_per_client"] for r in fedit) if fedit else None
+        if fedit_total is None:  # FedIT not trained (time): its analytic upload, identical to the measured one
+            fedit_total = next((r["fedit_total_upload_analytic"] for r in trs if "fedit_total_upload_analytic" in r), None)
         dense_acc = {r["seed"]: r["accuracy"] for r in trs if r["variant"] == "dense" and "accuracy" in r}
         for variant in dict.fromkeys(r["variant"] for r in trs):
             vs = [r for r in trs if r["variant"] == variant]
@@ -261,7 +271,22 @@ def plot(aggs: list[dict[str, Any]], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def dedupe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (task, seed, variant); a trained row wins over an agreement-only one of the same init."""
+    best: dict[tuple[str, int, str], dict[str, Any]] = {}
+    for r in rows:
+        if r["task"] == "task":  # rows of an earlier version named a --task.path task after its file stem
+            r["task"] = "presuppositions_as_nli"
+        if r["variant"] == "public" and r.get("b_cos2") == 1.0 and "accuracy" not in r:
+            continue  # that version also scored the public init with the clients' gradients: dropped
+        key = (r["task"], r["seed"], r["variant"])
+        if key not in best or ("accuracy" in r and "accuracy" not in best[key]):
+            best[key] = r
+    return sorted(best.values(), key=lambda r: (r["task"], list(VARIANTS).index(r["variant"]) if r["variant"] in VARIANTS else 99, r["seed"]))
+
+
 def write_results(rows: list[dict[str, Any]], cmd: str) -> None:
+    rows = dedupe(rows)
     info = machine()
     aggs = aggregate(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -282,19 +307,26 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--task", action="append", choices=list(TASKS), help="task(s); default both")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--train", nargs="+", default=["dense", "sign", "lowrank-r", "lowrank-2r", "lowrank-4r", "lowrank-2r-q4", "public"],
+    p.add_argument("--train", nargs="*", default=["dense", "sign", "lowrank-r", "lowrank-2r", "lowrank-4r", "lowrank-2r-q4", "public"],
                    choices=list(VARIANTS))
     p.add_argument("--agreement-only", nargs="*", default=["lowrank-r-q8"], choices=list(VARIANTS))
     p.add_argument("--fedit-seeds", type=int, nargs="*", help="seeds that also train FedIT (default: all; its upload "
                    "bytes are the same for every seed)")
     p.add_argument("--part", help="write this process's rows to a JSON file instead of the results")
-    p.add_argument("--merge", nargs="+", help="merge --part files into benchmarks/results/init_comm.*")
+    p.add_argument("--merge", nargs="+", help="merge --part files (or the .log of an interrupted run) into benchmarks/results/init_comm.*")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     cmd = "python benchmarks/init_comm.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.merge:
-        rows = [r for f in args.merge for r in json.loads(Path(f).read_text())["runs"]]
-        cmds = [json.loads(Path(f).read_text())["command"] for f in args.merge]
+        rows, cmds = [], []
+        for f in map(Path, args.merge):
+            if f.suffix == ".log":  # an interrupted run: its rows are the JSON lines it printed
+                rows += [json.loads(line) for line in f.read_text().splitlines() if line.startswith("{")]
+                cmds.append(f"(rows printed by an interrupted run, {f.name})")
+            else:
+                part = json.loads(f.read_text())
+                rows += part["runs"]
+                cmds.append(part["command"])
         write_results(rows, " ; ".join(cmds))
         return
     rows = []

@@ -23,6 +23,7 @@ from fedsb.init_sources import (
     pack_codes,
     pack_signs,
     quantize_columns,
+    rotate_rows,
     unpack_codes,
     unpack_signs,
 )
@@ -67,6 +68,15 @@ def test_column_quantisation_error_is_at_most_half_a_step(bits: int) -> None:
     codes, scale = quantize_columns(x, bits)
     y = dequantize_columns(codes, scale, bits, 50)
     assert ((x - y).abs() <= scale / 2 + 1e-6 * scale).all()
+
+
+def test_rotation_is_orthogonal_and_inverted_exactly() -> None:
+    x = torch.randn(300, 5, generator=torch.Generator().manual_seed(2))  # two blocks: 256 + 44
+    y = rotate_rows(x, 7)
+    assert torch.allclose(y.norm(dim=0), x.norm(dim=0), atol=1e-4)
+    assert not torch.allclose(y, x)
+    assert torch.allclose(rotate_rows(y, 7, inverse=True), x, atol=1e-5)
+    assert torch.equal(rotate_rows(x, 7), y)  # deterministic: every party derives the same H
 
 
 # --- majority vote -------------------------------------------------------------------------------------

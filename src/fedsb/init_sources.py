@@ -239,20 +239,22 @@ ROTATION_BLOCK = 256
 ROTATION_SEED = 0x5EED
 
 
-def random_rotation(d: int, seed: int, block: int = ROTATION_BLOCK) -> Tensor:
-    """A seeded random orthogonal ``d x d`` matrix, block-diagonal with blocks of at most ``block`` (memory ``d * block``).
+def rotate_rows(x: Tensor, seed: int, inverse: bool = False, block: int = ROTATION_BLOCK) -> Tensor:
+    """``H @ x`` (or ``H.T @ x``) for a seeded random orthogonal ``H``, block-diagonal with blocks of at most ``block``.
 
-    Quantising ``H @ x`` instead of ``x`` spreads a few large entries (outlier features) over the whole
-    block, so a per-column scale stops wasting the code range on them; the server undoes it with ``H.T``.
-    Every party derives ``H`` from the layer name, so it costs nothing on the wire.
+    Quantising ``H @ x`` instead of ``x`` spreads a few large entries (outlier features) over their block, so
+    a per-column scale stops wasting the code range on them; the server undoes it with ``H.T``. Every party
+    derives ``H`` from the layer name, so it costs nothing on the wire; one block is built at a time
+    (memory ``block^2``, never ``d^2``).
     """
     g = torch.Generator().manual_seed(seed)
-    h = torch.zeros(d, d)
-    for start in range(0, d, block):
-        n = min(block, d - start)
+    out = torch.empty_like(x)
+    for start in range(0, x.shape[0], block):
+        n = min(block, x.shape[0] - start)
         q, r = torch.linalg.qr(torch.randn(n, n, generator=g))
-        h[start : start + n, start : start + n] = q * torch.sign(torch.diagonal(r))
-    return h
+        q = q * torch.sign(torch.diagonal(r))
+        out[start : start + n] = (q.T if inverse else q) @ x[start : start + n]
+    return out
 
 
 def dequantize_columns(packed: Tensor, scale: Tensor, bits: int, rows: int) -> Tensor:
@@ -285,7 +287,7 @@ class LowRankInit(InitSource):
             return {"": x.to(torch.float32).contiguous()}
         if self.bits == 16:
             return {"": x.to(torch.float16).contiguous()}
-        codes, scale = quantize_columns(random_rotation(x.shape[0], _layer_seed(ROTATION_SEED, key)) @ x, self.bits)
+        codes, scale = quantize_columns(rotate_rows(x, _layer_seed(ROTATION_SEED, key)), self.bits)
         return {"": codes, "_scale": scale}
 
     def encode(self, grad_sums: dict[str, Tensor], num_examples: int) -> Message:
@@ -304,7 +306,8 @@ class LowRankInit(InitSource):
         return {f"{n}.{side}{x}" for n in shapes for side in ("left", "right") for x in suffixes}
 
     def _factor(self, msg: Message, key: str, rows: int, client: int) -> Tensor:
-        """One received factor as float32 (rows x k), checked against the declared rank and format."""
+        """One received factor as float32 (rows x k; quantised ones still rotated), checked against the declared
+        rank and format."""
         t = msg[key]
         if self.bits >= 16:
             want = torch.float32 if self.bits == 32 else torch.float16
@@ -322,7 +325,7 @@ class LowRankInit(InitSource):
             if t.dtype != torch.uint8 or t.dim() != 1 or t.numel() != want_len:
                 raise FedsbError(f"init message of client {client}, {key!r}: expected {want_len} packed uint8 bytes, "
                                  f"got {t.dtype} {tuple(t.shape)}")
-            x = random_rotation(rows, _layer_seed(ROTATION_SEED, key)).T @ dequantize_columns(t, scale, self.bits, rows)
+            x = dequantize_columns(t, scale, self.bits, rows)
         if not torch.isfinite(x).all():
             raise FedsbError(f"init message of client {client}, {key!r} has non-finite values; it is rejected")
         return x
@@ -344,6 +347,9 @@ class LowRankInit(InitSource):
         for name, pairs in factors.items():
             left = torch.cat([p[0] for p in pairs], dim=1)
             right = torch.cat([p[1] for p in pairs], dim=1)
+            if self.bits < 16:  # every client rotated with the same H: undo it once for all of them
+                left = rotate_rows(left, _layer_seed(ROTATION_SEED, f"{name}.left"), inverse=True)
+                right = rotate_rows(right, _layer_seed(ROTATION_SEED, f"{name}.right"), inverse=True)
             out[name] = update_direction(left @ right.T, self.eta)
         return out
 

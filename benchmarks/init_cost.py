@@ -52,6 +52,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--big-rank", type=int, default=200)
+    ap.add_argument("--big-dim", type=int, default=4096, help="side of the large sign matrix (Mistral q_proj: 4096)")
+    ap.add_argument("--from-compare", help="take the whole-run and in-run init times from the fed-sb r=16 runs of a "
+                                           "`fedsb compare` directory instead of running the default again")
     args = ap.parse_args()
     import torch
 
@@ -81,18 +84,31 @@ def main() -> int:
     lora_sb_init_from_directions(fed.adapted, directions, cfg.init.svd, cfg.init.oversample, cfg.init.niter, cfg.seed)
     t_svd = time.perf_counter() - t0
     # the whole default run (it repeats the init inside; its own init_seconds is reported too)
-    fed_run = build_federation(cfg)
-    t0 = time.perf_counter()
-    result = Simulator(cfg, fed=fed_run, progress=False).run()
-    t_run = time.perf_counter() - t0
-    run_init = result.summary["init_seconds"]
+    if args.from_compare:
+        import json
+
+        runs = sorted(Path(args.from_compare).glob(f"runs/fed-sb-r{cfg.adapter.rank}-s*/summary.json"))
+        if not runs:
+            raise SystemExit(f"no fed-sb r={cfg.adapter.rank} runs under {args.from_compare}")
+        sums = [json.loads(r.read_text()) for r in runs]
+        t_run = sum(x["wall_seconds"] for x in sums) / len(sums)
+        run_init = sum(x["init_seconds"] for x in sums) / len(sums)
+        run_src = f"mean of {len(sums)} seeds in {args.from_compare}"
+    else:
+        fed_run = build_federation(cfg)
+        t0 = time.perf_counter()
+        result = Simulator(cfg, fed=fed_run, progress=False).run()
+        t_run = time.perf_counter() - t0
+        run_init = result.summary["init_seconds"]
+        run_src = "run here"
     phases = [
         {"phase": f"gradient sums ({k} clients x {cfg.init.samples} examples, {len(fed.adapted.layers)} layers)",
          "seconds": t_grad},
         {"phase": "server combine (sum, -eta sign)", "seconds": t_combine},
         {"phase": f"SVD ({cfg.init.svd}, r={cfg.adapter.rank}) + set B, A, R0", "seconds": t_svd},
-        {"phase": "init inside the run (Simulator.initialise)", "seconds": run_init},
-        {"phase": f"whole default run ({cfg.federation.rounds} rounds, incl. init and evaluations)", "seconds": t_run},
+        {"phase": f"init inside the run (Simulator.initialise; {run_src})", "seconds": run_init},
+        {"phase": f"whole default run ({cfg.federation.rounds} rounds, incl. init and evaluations; {run_src})",
+         "seconds": t_run},
     ]
     share = run_init / t_run
     # 2. SVD variants: real directions of the embedded run, and Mistral-sized sign matrices
@@ -110,14 +126,15 @@ def main() -> int:
                          "svd": label, "seconds": secs, "rel_error_vs_optimal": max(rel),
                          "subspace_cos2": sum(cos2) / len(cos2)})
     g = torch.Generator().manual_seed(0)
-    d = 4096
+    d = args.big_dim
     low = torch.randn(d, 32, generator=g) @ torch.randn(32, d, generator=g)
     grad = low + 0.5 * low.std() * torch.randn(d, d, generator=g)
     big = -1e-3 * torch.sign(grad)
     del low, grad
     for label, method, over, niter in SVD_VARIANTS:
         secs, rel, cos2 = svd_quality(big, args.big_rank, method, over, niter, cache)
-        svd_rows.append({"matrix": f"Mistral-7B q_proj-sized sign matrix {d}x{d}", "rank": args.big_rank, "svd": label,
+        svd_rows.append({"matrix": f"sign matrix {d}x{d}" + (" (Mistral-7B q_proj size)" if d == 4096 else ""),
+                         "rank": args.big_rank, "svd": label,
                          "seconds": secs, "rel_error_vs_optimal": rel, "subspace_cos2": cos2})
         print(f"{label:<34} {d}x{d} r={args.big_rank}: {secs:7.2f} s, error x{rel:.4f} of optimal, cos2 {cos2:.4f}",
               flush=True)
@@ -127,7 +144,7 @@ def main() -> int:
     exact_big = next(r for r in svd_rows if r["svd"] == "exact" and r["rank"] == args.big_rank)["seconds"]
     low_big = next(r for r in svd_rows if r["svd"].endswith("(default)") and r["rank"] == args.big_rank)["seconds"]
     summary = (f"**LoRA-SB init = {run_init:.1f} s of a {t_run:.1f} s default run ({100 * share:.1f}%)**; "
-               f"gradient sums {t_grad:.2f} s, combine {t_combine:.2f} s, SVD {t_svd:.2f} s. At Mistral q_proj size "
+               f"gradient sums {t_grad:.2f} s, combine {t_combine:.2f} s, SVD {t_svd:.2f} s. On a {d}x{d} sign matrix "
                f"(r={args.big_rank}) svd_lowrank takes {low_big:.1f} s vs {exact_big:.1f} s exact "
                f"({exact_big / max(low_big, 1e-9):.1f}x faster) per layer.")
     md = "\n".join([

@@ -331,20 +331,20 @@ def human_params(n: float) -> str:
     return f"{n:.0f}"
 
 
-TABLE_HEADERS = ["method", "rank", "accuracy (mean ± std)", "up params", "down params", "up bytes", "down bytes",
+TABLE_HEADERS = ["method", "rank", "seeds", "accuracy (mean ± std)", "up params", "down params", "up bytes", "down bytes",
                  "one-time bytes", "wall s"]
 
 
 def table_cells(row: dict[str, Any]) -> list[str]:
     return [
-        row["method"], str(row["rank"]), f"{row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f}",
+        row["method"], str(row["rank"]), str(row["seeds"]), f"{row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f}",
         human_params(row["upload_params"]), human_params(row["download_params"]), human_bytes(row["upload_bytes"]),
         human_bytes(row["download_bytes"]), human_bytes(row["one_time_bytes"]), f"{row['wall_seconds_mean']:.1f}",
     ]
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    right = {1, 2, 3, 4, 5, 6, 7, 8}
+    right = set(range(1, len(TABLE_HEADERS)))
     lines = ["| " + " | ".join(TABLE_HEADERS) + " |",
              "|" + "|".join("---:" if i in right else "---" for i in range(len(TABLE_HEADERS))) + "|"]
     lines += ["| " + " | ".join(table_cells(r)) + " |" for r in rows]

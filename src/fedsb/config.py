@@ -49,7 +49,7 @@ class AdapterConfig:
 
 @dataclass
 class InitConfig:
-    source: str = "federated"  # federated | federated-sign | federated-lowrank | public (README "Initialisation")
+    source: str = "federated-lowrank"  # federated | federated-sign | federated-lowrank | public (README "Initialisation and its communication cost")
     samples: int = 32  # examples per client (federated) or from the public set (public)
     eta: float = 1e-3  # eta_init: size of the approximated first Adam step, dW = -eta * sign(sum of grads)
     svd: str = "lowrank"  # lowrank (torch.svd_lowrank) | exact
@@ -58,7 +58,7 @@ class InitConfig:
     public_path: str | None = None  # public/proxy data for source = "public"; None = a held-out slice of the task
     batch_size: int = 16
     lowrank_rank: int = 0  # r' of the federated-lowrank factors; 0 = 2 x adapter.rank
-    lowrank_bits: int = 32  # wire format of the federated-lowrank factors: 32 | 16 (float) | 8 | 4 | 2 (quantised)
+    lowrank_bits: int = 4  # wire format of the federated-lowrank factors: 32 | 16 (float) | 8 | 4 | 2 (quantised, rotated)
 
 
 @dataclass
@@ -104,9 +104,9 @@ class DPConfig:
     max_grad_norm: float = 1.0  # clipping norm C: per example (sample) or per client update (client)
     noise_multiplier: float | None = None  # None = solved from epsilon over the whole planned run
     allow_loose_delta: bool = False
-
     accountant: str = "rdp"  # rdp | prv (Opacus accountants)
     init_noise_multiplier: float | None = None  # privatised LoRA-SB init; None = the training noise multiplier
+
 
 @dataclass
 class RunConfig:
@@ -140,9 +140,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "eval.mode": ("auto", "likelihood", "generate"),
     "task.chat_template": ("auto", "on", "off"),
     "dp.mode": ("off", "sample", "client"),
+    "dp.accountant": ("rdp", "prv"),
 }
 
-    "dp.accountant": ("rdp", "prv"),
 # (key, lower bound, upper bound, lower inclusive): numeric ranges checked by validate().
 RANGES: list[tuple[str, float, float, bool]] = [
     ("adapter.rank", 1, float("inf"), True),
@@ -181,9 +181,9 @@ RANGES: list[tuple[str, float, float, bool]] = [
     ("dp.delta", 0, 1, False),
     ("dp.max_grad_norm", 0, float("inf"), False),
     ("dp.noise_multiplier", 0, float("inf"), True),
+    ("dp.init_noise_multiplier", 0, float("inf"), True),
 ]
 
-    ("dp.init_noise_multiplier", 0, float("inf"), True),
 # Short command-line flags for the most common keys.
 ALIASES: dict[str, str] = {
     "method": "method",

@@ -17,7 +17,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from fedsb.comm import CommLedger, LayerDims, dtype_bytes, one_time_params, payload_bytes, payload_params, round_params, to_wire
+from fedsb.comm import (
+    CommLedger,
+    LayerDims,
+    dtype_bytes,
+    one_time_params,
+    payload_bytes,
+    payload_params,
+    round_params,
+    to_wire,
+)
 from fedsb.config import RunConfig
 from fedsb.federation import Federation, build_federation, initialise_adapters
 from fedsb.methods.base import ClientUpdate, ServerState
@@ -84,6 +93,8 @@ class Simulator:
         self.state: ServerState | None = None
         self.one_time: dict[str, int] = {}
         self.init_seconds = 0.0
+        self.stop_reason: str | None = None  # set when the trainer's budget ends the run early
+        self.final_round: int | None = None
 
     # --- setup -----------------------------------------------------------------------------------
     def initialise(self) -> ServerState:
@@ -94,8 +105,6 @@ class Simulator:
         self.init_seconds = time.perf_counter() - t0
         k = len(fed.shards)
         one_time_down = {n: t for n, t in fed.adapted.get_state(fed.method.one_time_names(fed.adapted)).items()}
-        self.stop_reason: str | None = None  # set when the trainer's budget ends the run early
-        self.final_round: int | None = None
         self.one_time = {
             "init_upload_params_per_client": up["upload_params"],
             "init_upload_bytes_per_client": up["upload_bytes"],
@@ -179,7 +188,14 @@ class Simulator:
         rounds = self.cfg.federation.rounds
         total_updates = sum(len(fed.sample_clients(r)) for r in range(start_round, rounds + 1))
         with tqdm(total=total_updates, desc="clients", unit="client", disable=not self.progress, leave=False) as bar:
+            budget_stop = getattr(self.trainer, "budget_stop", None)  # DP: stop before overspending epsilon
             for r in range(start_round, rounds + 1):
+                if budget_stop is not None:
+                    self.stop_reason = budget_stop([r])
+                    if self.stop_reason:
+                        break
+                    if r < rounds and budget_stop([r, r + 1]):
+                        self.final_round = r  # evaluate it: it is the last round the budget allows
                 row = self.run_round(r, payload, bar)
                 payload = self._next_payload
                 self.rows.append(row)
@@ -188,14 +204,7 @@ class Simulator:
         wall = time.perf_counter() - t_start
         return SimulationResult(self.rows, self.state, self.comm, self.summary(wall), fed)
 
-            budget_stop = getattr(self.trainer, "budget_stop", None)  # DP: stop before overspending epsilon
     def summary(self, wall_seconds: float) -> dict[str, Any]:
-                if budget_stop is not None:
-                    self.stop_reason = budget_stop([r])
-                    if self.stop_reason:
-                        break
-                    if r < rounds and budget_stop([r, r + 1]):
-                        self.final_round = r  # evaluate it: it is the last round the budget allows
         fed, cfg = self.fed, self.cfg
         k_round = max(1, round(cfg.federation.fraction * cfg.federation.clients))
         up, down = analytic_round_params(fed, k_round)
@@ -232,10 +241,10 @@ class Simulator:
                 },
                 "analytic_one_time_params_per_client": one_time_params(cfg.method, cfg.adapter.rank, layer_dims(fed)),
             },
+            **({"stopped_early": self.stop_reason} if self.stop_reason else {}),
+            **({"privacy": self.trainer.privacy_summary()} if hasattr(self.trainer, "privacy_summary") else {}),
             "init_seconds": round(self.init_seconds, 3),
             "wall_seconds": round(wall_seconds, 3),
             "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),
         }
-            **({"stopped_early": self.stop_reason} if self.stop_reason else {}),
-            **({"privacy": self.trainer.privacy_summary()} if hasattr(self.trainer, "privacy_summary") else {}),

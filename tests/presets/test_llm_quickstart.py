@@ -38,11 +38,11 @@ def test_llm_quickstart_on_tiny_llama(tmp_path: Path) -> None:
 def test_llm_quickstart_real_smollm2(tmp_path: Path) -> None:
     """The real preset: accuracy must rise by at least 20 points over the base model (no adapter)."""
     from fedsb.federation import build_federation
+    from fedsb.simulation import Simulator
 
-    presets = load_presets()
-    cfg = resolve(None, [("preset", "llm-quickstart"), ("train.threads", "1"), ("out", str(tmp_path / "run"))], presets)
+    cfg = resolve(None, [("preset", "llm-quickstart"), ("train.threads", "1"), ("out", str(tmp_path / "run"))], load_presets())
     fed = build_federation(cfg)
-    base = fed.objective.evaluate(fed.adapted.model, fed.task.test, cfg.eval.batch_size)["accuracy"]  # R = 0: base model
-    result = run(cfg, progress=False)
+    base = fed.objective.evaluate(fed.adapted.model, fed.task.test, cfg.eval.batch_size)["accuracy"]  # R = 0: the base model
+    result = Simulator(cfg, fed=fed, progress=False).run()
     final = result.summary["final_metrics"]["accuracy"]
     assert final >= base + 0.20, (base, final)

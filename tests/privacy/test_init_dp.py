@@ -22,7 +22,7 @@ def examples(fed, client=0, q=0.3):
 
 
 def test_no_noise_no_clipping_reproduces_the_non_private_init() -> None:
-    fed = tiny_federation()
+    fed = tiny_federation(init={"source": "federated"})  # the messages below are raw (dense) gradient sums
     ex = examples(fed)
     bs = fed.cfg.init.batch_size
     batches = [fed.objective.collate(ex[i : i + bs]) for i in range(0, len(ex), bs)]
@@ -31,7 +31,7 @@ def test_no_noise_no_clipping_reproduces_the_non_private_init() -> None:
     assert all(torch.equal(plain[k], private[k]) for k in plain)
     initialise_adapters(fed, [(plain, len(ex))])
     ref = fed.adapted.get_state()
-    fed2 = tiny_federation()
+    fed2 = tiny_federation(init={"source": "federated"})
     initialise_adapters(fed2, [(private, len(ex))])
     assert all(torch.equal(ref[k], v) for k, v in fed2.adapted.get_state().items())
 

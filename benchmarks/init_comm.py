@@ -246,27 +246,42 @@ def markdown(aggs: list[dict[str, Any]], info: dict[str, Any], cmd: str) -> str:
     return "\n".join(lines)
 
 
-def plot(aggs: list[dict[str, Any]], path: Path) -> None:
+def plot(aggs: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path) -> None:
+    """Per task: accuracy (every trained seed, and the mean) and B cos^2 against total upload / FedIT's."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     tasks = list(dict.fromkeys(a["task"] for a in aggs))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        for a in (a for a in aggs if a["task"] == task and "accuracy" in a and "total_vs_fedit" in a):
-            ax.errorbar(a["total_vs_fedit"], 100 * a["accuracy"], yerr=100 * a["accuracy_std"], fmt="o", capsize=3)
-            ax.annotate(a["variant"], (a["total_vs_fedit"], 100 * a["accuracy"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.axvline(0.2, ls="--", c="grey", lw=1)
-        ax.set_xscale("log")
-        ax.set_xlabel("total upload per client over the run / FedIT r=8's (log)")
-        ax.set_ylabel("final test accuracy (%)")
-        ax.set_title(task)
-        ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(2, len(tasks), figsize=(6 * len(tasks), 8), squeeze=False)
+    for col, task in enumerate(tasks):
+        top, bottom = axes[0][col], axes[1][col]
+        for i, a in enumerate(a for a in aggs if a["task"] == task and "total_vs_fedit" in a):
+            color = f"C{i}"
+            x = a["total_vs_fedit"]
+            accs = [100 * r["accuracy"] for r in rows if r["task"] == task and r["variant"] == a["variant"] and "accuracy" in r]
+            if accs:
+                top.scatter([x] * len(accs), accs, color=color, alpha=0.4, s=18)
+                top.scatter([x], [statistics.fmean(accs)], color=color, s=60, label=f"{a['variant']} ({len(accs)} seed{'s' * (len(accs) > 1)})")
+            if "b_cos2" in a:
+                bottom.scatter([x], [a["b_cos2"]], color=color, s=50)
+                bottom.annotate(a["variant"], (x, a["b_cos2"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        for ax in (top, bottom):
+            ax.axvline(0.2, ls="--", c="grey", lw=1)
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.grid(alpha=0.3)
+        top.set_title(f"{task}: final accuracy (small: seeds, large: mean)")
+        top.set_ylabel("test accuracy (%)")
+        top.legend(fontsize=7)
+        bottom.set_title("subspace agreement with the dense init (3 seeds)")
+        bottom.set_ylabel("B mean cos^2")
+        bottom.set_xlabel("total upload per client over 5 rounds / FedIT r=8's (log; dashed: 0.2)")
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
@@ -299,7 +314,7 @@ def write_results(rows: list[dict[str, Any]], cmd: str) -> None:
     atomic_write_text(RESULTS / "init_comm.csv", buf.getvalue())
     md = markdown(aggs, info, cmd)
     atomic_write_text(RESULTS / "init_comm.md", md)
-    plot(aggs, RESULTS / "init_comm.png")
+    plot(aggs, rows, RESULTS / "init_comm.png")
     print(md)
 
 

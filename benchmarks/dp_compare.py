@@ -26,6 +26,7 @@ import json
 import math
 import statistics
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,7 @@ def plot(summary: list[dict[str, Any]], title: str) -> Any:
     ax.set_xticks(ticks, [f"{t:g}" for t in eps_values] + (["no DP"] if len(ticks) > len(eps_values) else []))
     ax.set_xlabel("epsilon (sample-level, per client; delta = 1/max N_client)")
     ax.set_ylabel("test accuracy (mean ± std over seeds)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 110), fontsize=7)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -209,7 +210,10 @@ def write_all(args: argparse.Namespace, rows: list[dict[str, Any]], meta: dict[s
             ("seconds_mean", "s/run", lambda v: f"{v:.0f}")]
     md = (f"# DP comparison (sample-level DP-SGD)\n\n{setting}.\n\n" + md_table(summary, cols)
           + "\nPaper (bert-base-cased, SNLI, 3 clients): epsilon 1: Fed-SB 73.8 vs FFA-LoRA 70.1; epsilon 3: 74.9 vs 71.5.\n\n"
-          + f"{machine_line(meta['machine'])} Wall time of this invocation {wall / 60:.1f} min (s/run: wall seconds per run on the shared box).\n")
+          + f"{machine_line(meta['machine'])} "
+          + (f"Merged from {', '.join(args.merge)} (one single-threaded worker per seed)" if args.merge
+             else f"Wall time of this invocation {wall / 60:.1f} min")
+          + " (s/run: wall seconds per run on the shared box).\n")
     paths = write_results(args.name, rows, md, {**meta, "summary": summary, "wall_seconds": round(wall, 1)})
     save_png(plot(summary, setting), args.name)
     if not quiet:

@@ -30,8 +30,11 @@ def test_same_seed_same_result_and_another_seed_differs() -> None:
     assert [r.get("accuracy") for r in a.rows] == [r.get("accuracy") for r in b.rows]
 
 
-def test_public_init_uploads_nothing() -> None:
+def test_public_init_uploads_nothing_and_uses_no_client_or_test_data() -> None:
     fed = tiny_federation(init={"source": "public"})
+    public = {id(e) for e in fed.public}
+    assert public and not public & {id(e) for e in fed.task.test}
+    assert not public & {id(e) for shard in fed.shards for e in shard}
     up = initialise_adapters(fed)
     assert up == {"upload_bytes": 0, "upload_params": 0}
     layer = next(iter(fed.adapted.layers.values()))

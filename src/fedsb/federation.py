@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,6 +36,7 @@ class Federation:
     shards: list[list[Example]]
     method: Method
     device: torch.device
+    public: list[Example] = field(default_factory=list)  # server-held examples for init.source = public
 
     @property
     def lr(self) -> float:
@@ -131,13 +132,19 @@ def assemble_federation(cfg: RunConfig, loaded: LoadedModel, task: TaskData) -> 
     scaling = adapted.alpha / cfg.adapter.rank
     method = method_cls(scaling=scaling, weighting=cfg.federation.weighting, seed=cfg.seed)  # type: ignore[arg-type]
     objective = make_objective(cfg, loaded, task, device)
-    labels = task.partition_labels()
+    pool, public = list(task.train), []
+    if cfg.init.source == "public" and not cfg.init.public_path and method_cls.adapter_mode == "lora-sb":
+        # With no public data set given, the server holds out a slice of the training pool that no client
+        # gets (never the test split, which would leak evaluation data into the init).
+        n_pub = min(cfg.init.samples, max(1, len(pool) // 10))
+        public, pool = pool[:n_pub], pool[n_pub:]
+    labels = [e.label if e.label is not None else 0 for e in pool]
     idx = partition_indices(
         labels, cfg.federation.clients, cfg.federation.partition, cfg.seed, cfg.federation.dirichlet_alpha,
         cfg.federation.shards_per_client,
     )
-    shards = [[task.train[i] for i in part] for part in idx]
-    return Federation(cfg, loaded, adapted, task, objective, shards, method, device)
+    shards = [[pool[i] for i in part] for part in idx]
+    return Federation(cfg, loaded, adapted, task, objective, shards, method, device, public)
 
 
 def layer_shapes(fed: Federation) -> dict[str, tuple[int, int]]:
@@ -163,14 +170,14 @@ def client_init_message(fed: Federation, client: int, privatised_by_caller: bool
 
 
 def public_init_examples(fed: Federation) -> list[Example]:
-    """The server's public data: ``init.public_path`` or, by default, the task's held-out test split
-    (an honest stand-in for a proxy set the server owns; it is never a client's data)."""
+    """The server's public data: ``init.public_path`` or, by default, a slice of the training pool held
+    out from every client (never the test split)."""
     if fed.cfg.init.public_path:
         from dataclasses import replace
 
         data = load_task(replace(fed.cfg.task, path=fed.cfg.init.public_path), fed.task.kind, fed.cfg.seed)
         return data.train + data.test
-    return fed.task.test
+    return fed.public
 
 
 def initialise_adapters(fed: Federation, client_messages: list[tuple[dict[str, torch.Tensor], int]] | None = None) -> dict[str, int]:

@@ -30,7 +30,3 @@ class TaskData:
     test: list[Example]
     labels: list[str] = field(default_factory=list)  # class names (classification) or label words
     metric: str = "accuracy"
-
-    def partition_labels(self) -> list[int]:
-        """Per training example, the category used by label-skewed partitioners (0 when there is none)."""
-        return [e.label if e.label is not None else 0 for e in self.train]

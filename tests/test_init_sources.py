@@ -232,9 +232,10 @@ def test_initialise_adapters_reports_the_exact_wire_bytes(source: str, extra: di
     dims = [(layer.d_out, layer.d_in) for layer in fed.adapted.layers.values()]
     if source == "federated-sign":
         assert up["upload_bytes"] == sum(math.ceil(o * i / 8) for o, i in dims)
-    elif not extra:
-        k = 2 * fed.cfg.adapter.rank  # init.lowrank_rank = 0 means 2r
-        assert up["upload_bytes"] == sum(4 * min(k, o, i) * (o + i) for o, i in dims)
+    elif not extra:  # the default: init.lowrank_rank = 0 means r at 8 bits
+        k = fed.cfg.adapter.rank
+        assert fed.cfg.init.lowrank_bits == 8
+        assert up["upload_bytes"] == sum(min(k, o, i) * (o + i) + 8 * min(k, o, i) for o, i in dims)
     else:
         assert up["upload_bytes"] == sum(math.ceil(4 * 3 * o / 8) + math.ceil(4 * 3 * i / 8) + 8 * 3 for o, i in dims)
     for layer in fed.adapted.layers.values():  # B has orthonormal columns, A orthonormal rows

@@ -57,8 +57,8 @@ class InitConfig:
     niter: int = 2
     public_path: str | None = None  # public/proxy data for source = "public"; None = a held-out slice of the task
     batch_size: int = 16
-    lowrank_rank: int = 0  # r' of the federated-lowrank factors; 0 = 2 x adapter.rank
-    lowrank_bits: int = 4  # wire format of the federated-lowrank factors: 32 | 16 (float) | 8 | 4 | 2 (quantised, rotated)
+    lowrank_rank: int = 0  # r' of the federated-lowrank factors; 0 = adapter.rank at <= 8 bits, 2 x adapter.rank for float factors
+    lowrank_bits: int = 8  # wire format of the federated-lowrank factors: 32 | 16 (float) | 8 | 4 | 2 (quantised, rotated)
 
 
 @dataclass

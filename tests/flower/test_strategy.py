@@ -130,12 +130,10 @@ def test_resume_after_a_server_crash(tmp_path: Path) -> None:
     assert [r["round"] for r in resumed.rows] == [0, 1, 2, 3]
 
 
-def test_client_side_evaluation_and_dp_refusal() -> None:
+def test_client_side_evaluation() -> None:
     s, grid = run_flower("fed-sb", FlowerOptions(client_eval=True), federation={"rounds": 1})
     assert any(m.metadata.message_type == "evaluate" for m in grid.sent)
     assert 0.0 <= s.rows[-1]["client_accuracy"] <= 1.0
-    with pytest.raises(FedsbError, match="dp.mode"):
-        FedsbStrategy(tiny_config(dp={"mode": "sample", "epsilon": 1.0}), FlowerOptions())
 
 
 def test_deployment_nodes_train_on_their_own_data_file() -> None:

@@ -34,6 +34,7 @@ STATE_META, STATE_ONETIME, STATE_RESIDUAL, STATE_TRAINER = "fedsb", "fedsb.oneti
 
 _TRAINER: ClientTrainer = train_client
 _CACHE: dict[str, tuple[Federation, dict[str, Tensor]]] = {}
+_DP: dict[str, Any] = {}  # config key -> the DP trainer of the cached federation (dp.mode != off)
 
 
 def set_trainer(trainer: ClientTrainer) -> None:
@@ -75,6 +76,11 @@ def federation_for(cfg: RunConfig) -> tuple[Federation, dict[str, Tensor]]:
         if fed.method.adapter_mode != "lora-sb":
             fed.adapted.init_lora(cfg.seed)  # the server's seeded init: FFA's frozen A is never sent
         _CACHE.clear()  # one model per process at a time
+        _DP.clear()
+        if cfg.dp.mode != "off":
+            from fedsb.privacy import make_dp_trainer
+
+            _DP[key] = make_dp_trainer(fed)  # the simulator's DP trainer (client-level DP also wraps fed.method)
         _CACHE[key] = (fed, {k: v.clone() for k, v in fed.adapted.get_state().items()})
     return _CACHE[key]
 
@@ -104,6 +110,33 @@ def load_node(context: Context) -> Node:
     return Node(cfg, fed, client, pid, str(meta["wire-dtype"]))
 
 
+def dp_trainer(node: Node, context: Context) -> Any:
+    """The cached DP trainer (None when DP is off) holding exactly this node's accountant from ``Context.state``.
+
+    One process may serve many nodes, so the ledger is replaced (or emptied) on every message.
+    """
+    trainer = _DP.get(dumps(node.cfg.to_dict()))
+    if trainer is None:
+        return None
+    rec = context.state.config_records.get(STATE_TRAINER)
+    if rec is not None:
+        trainer.load_state_dict(json.loads(str(rec["json"])))
+    else:
+        trainer.ledger.histories = {}
+    return trainer
+
+
+def save_dp(trainer: Any, context: Context) -> None:
+    context.state[STATE_TRAINER] = ConfigRecord({"json": json.dumps(trainer.state_dict())})
+
+
+def dp_report(node: Node, trainer: Any) -> dict[str, Any]:
+    """What a sample-level DP node tells the server: its epsilon and its accountant history (JSON)."""
+    if trainer is None or trainer.mode != "sample":
+        return {}
+    return {"epsilon": trainer.ledger.epsilon(node.client), "dp-history": json.dumps(trainer.ledger.history(node.client))}
+
+
 def save_residual(node: Node, context: Context) -> None:
     res = node.fed.adapted.residual_state()
     if res:
@@ -119,6 +152,11 @@ def local_round(node: Node, context: Context, payload: dict[str, Tensor], base_a
     else:
         method.receive(fed.adapted, payload)
     save_residual(node, context)
+    dp = dp_trainer(node, context)
+    if dp is not None:  # DP trainer: accountant loaded from and saved to Context.state around the round
+        metrics = dp(fed, node.client, rnd, step_offset)
+        save_dp(dp, context)
+        return method.client_update(fed.adapted), {**metrics, **dp_report(node, dp)}
     load_fn, state_fn = getattr(_TRAINER, "load_state_dict", None), getattr(_TRAINER, "state_dict", None)
     if callable(load_fn) and STATE_TRAINER in context.state.config_records:
         load_fn(json.loads(str(context.state.config_records[STATE_TRAINER]["json"])))
@@ -141,14 +179,31 @@ def setup(msg: Message, context: Context) -> Message:
     for key in (STATE_ONETIME, STATE_RESIDUAL):
         if key in context.state.array_records:
             del context.state.array_records[key]
+    if STATE_TRAINER in context.state.config_records:
+        del context.state.config_records[STATE_TRAINER]
     context.state[STATE_META] = ConfigRecord({"config": str(c["fedsb-config"]), "wire-dtype": str(c["wire-dtype"])})
     node = load_node(context)
     metrics: dict[str, Any] = {"partition-id": node.partition, "num-examples": len(node.fed.shards[node.client])}
     content = RecordDict()
+    dp = dp_trainer(node, context)
+    if dp is not None and "dp-histories" in c:  # a resumed run: the server hands back this node's accountant
+        hist = json.loads(str(c["dp-histories"])).get(str(node.partition), [])
+        dp.ledger.histories = {str(node.client): [(float(a), float(q), int(n)) for a, q, n in hist]} if hist else {}
     if bool(c["want-init"]):
-        init, n = client_init_message(node.fed, node.client)
+        if dp is None:
+            init, n = client_init_message(node.fed, node.client)
+        elif dp.mode == "sample":  # clipped, noised, charged to this node's accountant
+            init, n = dp.init_message(node.fed, node.client)
+        else:  # client-level: clipped here, the server adds the noise
+            init, n = dp.client_init(node.fed, node.client)
         content["init"] = to_record(init, "float32")
         metrics["init-examples"] = int(n)
+    if dp is not None:
+        save_dp(dp, context)
+        report = dp_report(node, dp)
+        if report:
+            content["dp"] = ConfigRecord({"history": report.pop("dp-history")})
+            metrics.update(report)
     content["metrics"] = MetricRecord(metrics)
     return Message(content=content, reply_to=msg)
 
@@ -187,6 +242,8 @@ def train(msg: Message, context: Context) -> Message:
         "metrics": MetricRecord({**scalar_metrics(metrics), "num-examples": len(node.fed.shards[node.client]),
                                  "partition-id": node.partition}),
     })
+    if "dp-history" in metrics:  # sample-level DP: the node's whole accountant history, for the server's report
+        reply["dp"] = ConfigRecord({"history": str(metrics["dp-history"])})
     return Message(content=reply, reply_to=msg)
 
 

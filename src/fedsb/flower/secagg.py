@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
@@ -49,6 +49,11 @@ def selective_secaggplus_mod(msg: Message, ctxt: Context, call_next: Any) -> Mes
     return call_next(msg, ctxt)
 
 
+def uses_example_weights(cfg: Any) -> bool:
+    """Client-level DP needs the plain sum of the clipped updates (uniform weights), whatever ``weighting`` says."""
+    return cfg.federation.weighting == "examples" and cfg.dp.mode != "client"
+
+
 def secagg_train(msg: Message, context: Context) -> Message:
     """Client side of the collect-masked-vectors stage: train, check the clipping range, reply as a FitRes."""
     from fedsb.flower.clientapp import load_node, local_round, scalar_metrics
@@ -70,9 +75,10 @@ def secagg_train(msg: Message, context: Context) -> Message:
         if peak > clip:
             raise FedsbError(f"{k} has |value| {peak:.3g} > flower.secagg-clipping-range = {clip:g}; raise the clipping range")
     n = len(node.fed.shards[node.client])
-    weight = n if node.cfg.federation.weighting == "examples" else 1
+    weight = n if uses_example_weights(node.cfg) else 1
+    extra = {"dp-history": str(metrics["dp-history"])} if "dp-history" in metrics else {}  # sample-level DP accountant
     fitres = FitRes(status=Status(Code.OK, ""), parameters=ndarrays_to_parameters([upload[k].numpy() for k in names_up]),
-                    num_examples=weight, metrics={**scalar_metrics(metrics), "partition-id": node.partition})
+                    num_examples=weight, metrics={**scalar_metrics(metrics), "partition-id": node.partition, **extra})
     return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
 
 
@@ -119,7 +125,7 @@ class SecAggRunner:
         self.glue = _Glue(self)
         self.lctx = LegacyContext(context, config=ServerConfig(num_rounds=strategy.cfg.federation.rounds), strategy=self.glue)
         examples = strategy.examples.values()
-        max_weight = float(max(examples)) if strategy.cfg.federation.weighting == "examples" and examples else 1.0
+        max_weight = float(max(examples)) if uses_example_weights(strategy.cfg) and examples else 1.0
         self.workflow = SecAggPlusWorkflow(
             num_shares=1.0, reconstruction_threshold=0.5, max_weight=max_weight, clipping_range=o.secagg_clipping_range,
             quantization_range=int(o.secagg_quantization_range), modulus_range=int(o.secagg_modulus_range), timeout=o.timeout,
@@ -146,9 +152,15 @@ class SecAggRunner:
         losses = [float(m["train_loss"]) for m in self.glue.client_metrics if "train_loss" in m]
         metrics = {"train_loss": sum(losses) / len(losses)} if losses else {}
         k = len(self.glue.client_metrics)
+        for m in self.glue.client_metrics:  # sample-level DP: each node's accountant history
+            if "dp-history" in m:
+                s.record_history(int(m["partition-id"]), RecordDict({"dp": ConfigRecord({"history": str(m["dp-history"])})}))
         update = ClientUpdate("secagg-mean", mean, 1, metrics)
+        # Client-level DP: the uniform mean of k clipped uploads times k is their sum, which the noising
+        # aggregate needs (its fixed denominator is the expected count, not k): pass k copies.
+        updates = [update] * k if s.cfg.dp.mode == "client" else [update]
         # Each of the k clients uploaded one (masked) tensor set of the same size: count k uploads.
-        s._aggregate(r, [update], [], secure=True, comm_uploads=[mean] * k)
+        s._aggregate(r, updates, [], secure=True, comm_uploads=[mean] * k)
         s.pending_row["secagg_clients"] = k
 
     def close(self) -> None:

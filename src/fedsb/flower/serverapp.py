@@ -115,12 +115,16 @@ def serve(grid: Grid, context: Context, cfg: RunConfig, opts: FlowerOptions, res
         rundir.write_metrics(strategy.rows)
         save_checkpoint(rundir.path, strategy)  # type: ignore[arg-type]
         acc = row.get("accuracy")
+        eps = f", epsilon {row['epsilon']:.4g} (max over {row['dp_mode']}-level accountants)" if "epsilon" in row else ""
         print(f"[fedsb] round {row['round']}: accuracy {acc if acc is None else round(acc, 4)}, "
-              f"wire up {row.get('wire_upload_payload_bytes', 0):,} B / down {row.get('wire_download_payload_bytes', 0):,} B payload",
+              f"wire up {row.get('wire_upload_payload_bytes', 0):,} B / down {row.get('wire_download_payload_bytes', 0):,} B payload{eps}",
               flush=True)
 
     strategy.on_round = on_round
     strategy.run(grid, start_round=start, context=context)
+    if strategy.stop_reason:
+        print(f"[fedsb] {strategy.stop_reason}; stopped after round {strategy.rows[-1]['round']} of "
+              f"{cfg.federation.rounds}, everything so far is saved", flush=True)
     save_outputs(rundir, strategy)
     if results is not None:
         results["strategy"] = strategy

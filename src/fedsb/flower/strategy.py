@@ -19,6 +19,7 @@ rounds (``federation.fraction < 1``) or joined a resumed run gets the server's a
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -71,8 +72,15 @@ class FedsbStrategy(Strategy):
         self.comm = CommLedger(wire_dtype=self.options.wire_dtype)
         self.validator = UpdateValidator.from_config(cfg)  # norm and example-count bounds from [federation]
         self.on_round = on_round
-        self.trainer = None  # checkpoint.py hook (server side holds no trainer state)
+        # The simulator's DP trainer on the server side: the accountants (sample-level: mirrored from the
+        # nodes' reports; client-level: the server's own) and, for client-level DP, the noising aggregate.
+        # checkpoint.py saves its state_dict; Simulator.summary reads its privacy_summary.
+        from fedsb.privacy import make_dp_trainer
+
+        self.trainer = make_dp_trainer(self.fed)
+        self.method = self.fed.method  # client-level DP wraps it
         self.stop_reason: str | None = None  # Simulator.summary reads it (DP budget stops)
+        self.final_round: int | None = None
         self.rows: list[dict[str, Any]] = []
         self.state: ServerState | None = None
         self.one_time: dict[str, int] = {}
@@ -83,11 +91,6 @@ class FedsbStrategy(Strategy):
         self.version: dict[int, int] = {}  # node id -> the round whose residual the node holds
         self.pending_row: dict[str, Any] = {}
         self.started = time.perf_counter()
-        if cfg.dp.mode != "off":
-            raise FedsbError(
-                f"dp.mode = {cfg.dp.mode!r} is not wired into the Flower app yet; use `fedsb run` for DP, or set dp.mode = off "
-                "(the hook: fedsb.flower.clientapp.set_trainer keeps a trainer's state_dict per node in Context.state)"
-            )
         if self.options.secagg and not self.method.additive:
             raise FedsbError(
                 f"flower.secagg: {self.method.name} cannot use secure aggregation, because its server needs each "
@@ -105,6 +108,18 @@ class FedsbStrategy(Strategy):
 
     def _fed_config(self) -> str:
         return dumps(self.cfg.to_dict())
+
+    def record_history(self, pid: int, content: RecordDict) -> None:
+        """Sample-level DP: adopt a node's reported accountant history (JSON ``[sigma, q, steps]`` triples)."""
+        if self.trainer is None or self.trainer.mode != "sample" or "dp" not in content.config_records:
+            return
+        from fedsb.privacy.accounting import merge_history
+
+        try:
+            hist = merge_history((float(a), float(q), int(n)) for a, q, n in json.loads(str(content["dp"]["history"])))
+        except (TypeError, ValueError) as e:
+            raise FedsbError(f"partition {pid} sent an invalid accountant history ({e})") from None
+        self.trainer.ledger.histories[str(pid)] = hist
 
     def wait_for_nodes(self, grid: Any) -> list[int]:
         want = self.cfg.federation.clients
@@ -128,9 +143,10 @@ class FedsbStrategy(Strategy):
         source = get_init_source(cfg.init.source, cfg.init.eta)
         want_init = fed.method.adapter_mode == "lora-sb" and source.federated and not resume
         cfg_json = self._fed_config()
-        msgs = [self._message(RecordDict({"config": ConfigRecord({
-            "fedsb-config": cfg_json, "wire-dtype": self.options.wire_dtype, "want-init": want_init})}), n, SETUP)
-            for n in nodes]
+        setup_cfg: dict[str, Any] = {"fedsb-config": cfg_json, "wire-dtype": self.options.wire_dtype, "want-init": want_init}
+        if resume and self.trainer is not None and self.trainer.mode == "sample":  # nodes restart from the checkpoint
+            setup_cfg["dp-histories"] = json.dumps({k: [list(e) for e in v] for k, v in self.trainer.ledger.histories.items()})
+        msgs = [self._message(RecordDict({"config": ConfigRecord(dict(setup_cfg))}), n, SETUP) for n in nodes]
         t0 = time.perf_counter()
         replies = self._ok(grid.send_and_receive(msgs, timeout=self.options.timeout), "setup")
         init_msgs: dict[int, tuple[dict[str, torch.Tensor], int]] = {}
@@ -145,6 +161,8 @@ class FedsbStrategy(Strategy):
                 )
             self.node_of[pid] = node
             self.examples[pid] = int(m["num-examples"])
+            if not resume:
+                self.record_history(pid, r.content)
             if want_init:
                 init_msgs[pid] = (from_record(r.content["init"], raw=True, what=f"init message of partition {pid}"),
                                   int(m["init-examples"]))
@@ -153,6 +171,8 @@ class FedsbStrategy(Strategy):
         if resume:
             return
         client_messages = [init_msgs[p] for p in sorted(init_msgs)] if want_init else None
+        if client_messages and self.trainer is not None and self.trainer.mode == "client":
+            client_messages = self.trainer.add_init_noise(client_messages)  # clipped on the nodes, noised here
         up = initialise_adapters(fed, client_messages)
         self.init_seconds = time.perf_counter() - t0
         k = len(fed.shards)
@@ -171,7 +191,8 @@ class FedsbStrategy(Strategy):
         fed.method.load_adapter(fed.adapted, fed.method.broadcast(self.state))
         self.payload = to_wire(fed.method.broadcast(self.state), self.options.wire_dtype)
         wire = summarise(grid.take("setup") + grid.take("sync"))
-        row0 = {"round": 0, **self.evaluate(), "seconds": round(self.init_seconds, 3),
+        report = getattr(self.trainer, "round_report", None)  # DP: what the init has spent
+        row0 = {"round": 0, **self.evaluate(), **(report(0) if report else {}), "seconds": round(self.init_seconds, 3),
                 **{k: v for k, v in wire.items()}}
         self._emit(row0)
 
@@ -257,6 +278,11 @@ class FedsbStrategy(Strategy):
                 failed.append({"client": str(pid), "reason": str(e)})
                 continue
             self.version[node] = server_round
+            try:
+                self.record_history(pid, r.content)  # spent whether or not the update is accepted
+            except FedsbError as e:
+                failed.append({"client": str(pid), "reason": str(e)})
+                continue
             updates.append(ClientUpdate(str(pid), payload, int(n) if isinstance(n, int) else n, metrics))
         updates.sort(key=lambda u: int(u.client_id))  # the simulator's order (float sums depend on it)
         return self._aggregate(server_round, updates, failed)
@@ -324,7 +350,11 @@ class FedsbStrategy(Strategy):
         row = dict(self.pending_row)
         row.update(summarise(wire_entries))
         row.update(extra or {})
-        if server_round % self.cfg.eval.every == 0 or server_round == self.cfg.federation.rounds:
+        report = getattr(self.trainer, "round_report", None)  # epsilon per client and max, as the simulator
+        if report is not None:
+            row.update(report(server_round))
+        if (server_round % self.cfg.eval.every == 0 or server_round == self.cfg.federation.rounds
+                or server_round == self.final_round):
             row.update(self.evaluate())
         row["seconds"] = round(time.perf_counter() - self._t_round, 3)
         self._emit(row)
@@ -349,7 +379,15 @@ class FedsbStrategy(Strategy):
             self.payload = to_wire(self.method.broadcast(self.state), self.options.wire_dtype)
         secagg = SecAggRunner(self, metered, context) if self.options.secagg else None
         try:
-            for r in range(start_round, self.cfg.federation.rounds + 1):
+            rounds = self.cfg.federation.rounds
+            budget_stop = getattr(self.trainer, "budget_stop", None)  # DP: the simulator's stopping rule
+            for r in range(start_round, rounds + 1):
+                if budget_stop is not None:
+                    self.stop_reason = budget_stop([r])
+                    if self.stop_reason:
+                        break
+                    if r < rounds and budget_stop([r, r + 1]):
+                        self.final_round = r  # evaluate it: the last round the budget allows
                 self._t_round = time.perf_counter()
                 metered.round = r
                 extra: dict[str, Any] = {}

@@ -119,14 +119,19 @@ class ClientLevelDP(DPTrainer):
         summand (the federated source only adds messages), charged as one full-participation step."""
         if not self.private_init:
             return None
+        return self.add_init_noise([self.client_init(fed, c) for c in range(len(fed.shards))])
+
+    def client_init(self, fed: Federation, client: int) -> tuple[dict[str, Tensor], int]:
+        """One client's init message clipped as a whole to C (what a Flower node sends)."""
+        msg, n = client_init_message(fed, client, privatised_by_caller=True)
+        return clip_total(msg, self.clip), n
+
+    def add_init_noise(self, msgs: list[tuple[dict[str, Tensor], int]]) -> list[tuple[dict[str, Tensor], int]]:
+        """The server's side of the private init: one noise summand appended, charged to the ledger."""
         plan = self.plans[PARTY]
-        msgs = []
-        for c in range(len(fed.shards)):
-            msg, n = client_init_message(fed, c, privatised_by_caller=True)
-            msgs.append((clip_total(msg, self.clip), n))
         std = plan.init_noise_multiplier * self.clip
         g = self.generator(4)
-        msgs.append(({k: torch.normal(0.0, std, size=v.shape, generator=g) for k, v in msgs[0][0].items()}, 0))
+        msgs = [*msgs, ({k: torch.normal(0.0, std, size=v.shape, generator=g) for k, v in msgs[0][0].items()}, 0)]
         self.ledger.spend(PARTY, plan.init_noise_multiplier, 1.0, 1)
         return msgs
 

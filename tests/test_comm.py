@@ -64,3 +64,14 @@ def test_summary_reports_comm_and_one_time_costs() -> None:
     assert c["one_time"]["broadcast_params_per_client"] == sum(4 * (o + i) for o, i in per_layer)
     assert c["upload_bytes_total"] == 3 * 4 * c["upload_params_per_client_round"]
     assert c["one_time_bytes"] == 3 * 4 * (dense + sum(4 * (o + i) for o, i in per_layer))
+
+
+@pytest.mark.parametrize("source", ["federated", "federated-sign", "federated-lowrank", "public"])
+def test_summary_one_time_formula_equals_what_travelled(source: str) -> None:
+    fed = tiny_federation("tiny-bert", "fed-sb", federation={"rounds": 1}, init={"source": source})
+    res = Simulator(fed.cfg, fed=fed, progress=False).run()
+    c = res.summary["comm"]
+    analytic = c["analytic_one_time_per_client"]
+    assert analytic["upload_bytes"] == c["one_time"]["init_upload_bytes_per_client"]
+    assert analytic["download_params"] == c["one_time"]["broadcast_params_per_client"]
+    assert (analytic["upload_bytes"] == 0) == (source == "public")

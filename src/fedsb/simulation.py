@@ -67,6 +67,20 @@ def analytic_round_params(fed: Federation, k: int) -> tuple[int, int]:
     return round_params(fed.cfg.method, fed.cfg.adapter.rank, layer_dims(fed), k, head)
 
 
+def analytic_one_time(fed: Federation) -> dict[str, int]:
+    """One-time costs per client from the formulas: B/A broadcast and the configured init source's upload."""
+    cfg = fed.cfg
+    down = one_time_params(cfg.method, cfg.adapter.rank, layer_dims(fed))["download"]
+    if fed.method.adapter_mode != "lora-sb":
+        return {"download_params": down, "upload_params": 0, "upload_bytes": 0}
+    from fedsb.federation import layer_shapes
+    from fedsb.init_sources import default_lowrank_rank, expected_upload
+
+    rank = cfg.init.lowrank_rank or default_lowrank_rank(cfg.adapter.rank, cfg.init.lowrank_bits)
+    up = expected_upload(cfg.init.source, layer_shapes(fed), rank, cfg.init.lowrank_bits)
+    return {"download_params": down, "upload_params": up["params"], "upload_bytes": up["bytes"]}
+
+
 class Simulator:
     """Runs a federated job in one process. ``on_round`` gets each metrics row as it is produced."""
 
@@ -239,7 +253,7 @@ class Simulator:
                     "upload_bytes_total": self.comm.one_time_upload_bytes,
                     "download_bytes_total": self.comm.one_time_download_bytes,
                 },
-                "analytic_one_time_params_per_client": one_time_params(cfg.method, cfg.adapter.rank, layer_dims(fed)),
+                "analytic_one_time_per_client": analytic_one_time(fed),
             },
             **({"stopped_early": self.stop_reason} if self.stop_reason else {}),
             **({"privacy": self.trainer.privacy_summary()} if hasattr(self.trainer, "privacy_summary") else {}),

@@ -98,12 +98,13 @@ def test_budget_stop_matches_the_simulator() -> None:
     assert "accuracy" in s.rows[-1]
 
 
-def test_client_level_dp_under_secagg_equals_plain() -> None:
-    over = {**CLIENT, "federation": {"rounds": 1}}
+@pytest.mark.parametrize("dp", [SAMPLE, CLIENT], ids=["sample", "client"])
+def test_dp_under_secagg_equals_plain(dp: dict) -> None:
+    over = {**dp, "federation": {"rounds": 1}}
     secure, _ = run_flower(FlowerOptions(secagg=True), **over)
     plain, _ = run_flower(**over)
     assert max_diff(secure.state.adapter, plain.state.adapter) <= 5e-6  # SecAgg+ quantisation only
-    assert secure.rows[-1]["epsilon"] == plain.rows[-1]["epsilon"]
+    assert dp_columns(secure.rows) == dp_columns(plain.rows)
 
 
 @pytest.mark.parametrize("method", ["fedex-lora", "flora"])

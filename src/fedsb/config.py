@@ -383,10 +383,17 @@ def resolve(config_path: str | None, overrides: list[tuple[str, str]], presets: 
     preset = over.get("preset", file_data.get("preset"))
     if preset is not None:
         presets = presets or {}
+        if not isinstance(preset, str):
+            raise UsageError(f"preset must be a name (a string), got {type(preset).__name__}; see `fedsb presets`")
         if preset not in presets:
             raise UsageError(f"unknown preset {preset!r}{_did_you_mean(str(preset), list(presets))}; see `fedsb presets`")
         data = merge(data, {k: v for k, v in presets[preset].items() if k != "description"})  # description: for `fedsb presets`
     data = merge(merge(data, file_data), over)
     if isinstance(data.get("dp"), dict) and "epsilon" in data["dp"] and "mode" not in data["dp"]:
         data["dp"]["mode"] = "sample"  # `--dp.epsilon 1` alone turns sample-level DP on
+    dp_mode = data.get("dp", {}).get("mode") if isinstance(data.get("dp"), dict) else None
+    init = data.get("init")
+    if dp_mode == "client" and not (isinstance(init, dict) and "source" in init):
+        # Client-level DP can only privatise dense gradient sums; use them unless the user chose a source.
+        data["init"] = {**(init if isinstance(init, dict) else {}), "source": "federated"}
     return validate(from_dict(data))

@@ -35,6 +35,7 @@ def split_train_test(examples: list[Example], test_fraction: float, seed: int) -
         test += group[:n_test]
         train += group[n_test:]
     rng.shuffle(train)
+    rng.shuffle(test)  # so that a max_test_examples prefix is not a single label
     return train, test
 
 

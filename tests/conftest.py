@@ -32,3 +32,8 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent: real-data smoke tests need ../shared/data beside the repo")
     return SHARED_DATA
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Start the slow end-to-end tests first, so that with ``-n 2`` they overlap instead of ending the run."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)

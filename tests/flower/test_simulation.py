@@ -18,7 +18,7 @@ from tests.helpers import tiny_config
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["fed-sb", "fedit"])
+@pytest.mark.parametrize("method", ["fed-sb"])  # every method is compared over the in-process grid (test_strategy.py)
 def test_run_simulation_equals_the_simulator(method: str, tmp_path: Path) -> None:
     over = {"federation": {"clients": 3, "rounds": 2}}
     strategy = simulate(tiny_config(method=method, out=str(tmp_path / "flower"), **over), FlowerOptions(),

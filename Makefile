@@ -28,7 +28,7 @@ run: install
 	$(VENV)/bin/fedsb run
 
 test: install
-	$(PY) -m pytest -q -n 2 --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(PY) -m pytest -q -n 2 --maxschedchunk 2 --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

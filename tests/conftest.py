@@ -34,6 +34,18 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+LONGEST_FIRST = ("test_llm_quickstart_real_smollm2", "test_default_quickstart_reaches_080",
+                 "test_two_supernodes_two_rounds_of_fed_sb", "test_run_simulation_equals_the_simulator")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Start the slow end-to-end tests first, so that with ``-n 2`` they overlap instead of ending the run."""
-    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)
+    """Start the longest end-to-end tests first, then the other slow ones, so that with ``-n 2
+    --maxschedchunk 2`` they run side by side on both workers instead of ending the run."""
+
+    def rank(item: pytest.Item) -> int:
+        name = getattr(item, "originalname", item.name)
+        if name in LONGEST_FIRST:
+            return LONGEST_FIRST.index(name)
+        return len(LONGEST_FIRST) if item.get_closest_marker("slow") else len(LONGEST_FIRST) + 1
+
+    items.sort(key=rank)

@@ -134,7 +134,10 @@ class LocalDeployment:
         return f"127.0.0.1:{self.ports[0]}"
 
     def env(self, home: Path) -> dict[str, str]:
-        return {**os.environ, **QUIET_ENV, "OMP_NUM_THREADS": "1", "FLWR_HOME": str(home)}
+        # The SuperLink and SuperNodes start flower-superexec / flwr-clientapp by name: put this venv's bin
+        # first on PATH so they are found when fedsb runs from a venv that is not activated (make test).
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        return {**os.environ, **QUIET_ENV, "OMP_NUM_THREADS": "1", "FLWR_HOME": str(home), "PATH": path}
 
     def _spawn(self, args: list[str], name: str, home: Path) -> None:
         home.mkdir(parents=True, exist_ok=True)

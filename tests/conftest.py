@@ -8,16 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-for _k, _v in {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "TOKENIZERS_PARALLELISM": "false",
-}.items():
+from fedsb.cli import OFFLINE_ENV  # the same offline, no-telemetry settings as the CLI
+
+for _k, _v in OFFLINE_ENV.items():
     os.environ.setdefault(_k, _v)
 
 torch.set_num_threads(1)

@@ -29,7 +29,7 @@ from fedsb.comm import (
 )
 from fedsb.config import RunConfig
 from fedsb.federation import Federation, build_federation, initialise_adapters
-from fedsb.methods.base import ClientUpdate, ServerState
+from fedsb.methods.base import ClientUpdate, Method, ServerState
 from fedsb.training import build_optimizer, local_train
 from fedsb.validation import UpdateValidator
 
@@ -65,6 +65,24 @@ def layer_dims(fed: Federation) -> list[LayerDims]:
 def analytic_round_params(fed: Federation, k: int) -> tuple[int, int]:
     head = sum(p.numel() for p in fed.adapted.head_parameters())
     return round_params(fed.cfg.method, fed.cfg.adapter.rank, layer_dims(fed), k, head)
+
+
+def server_step(
+    fed: Federation, method: Method, state: ServerState, updates: list[ClientUpdate], validator: UpdateValidator, wire_dtype: str,
+    min_valid: int,
+) -> tuple[ServerState, list[ClientUpdate], list[tuple[ClientUpdate, str]], bool, dict[str, torch.Tensor]]:
+    """The server's half of a round, shared by the simulator and the Flower strategy: validate the updates,
+    aggregate them (or skip the round when fewer than ``min_valid`` are valid), build the next broadcast and
+    apply it to the server's model. Returns (state, accepted, rejected, skipped, next payload)."""
+    accepted, rejected = validator.filter(updates, state.adapter, method.upload_names(fed.adapted), fed.adapted.shapes())
+    skipped = len(accepted) < min_valid
+    if not skipped:
+        state = method.aggregate(state, accepted)
+    next_payload = to_wire(method.broadcast(state), wire_dtype)
+    if not skipped:
+        method.apply_base_update(fed.adapted, next_payload)
+    method.load_adapter(fed.adapted, next_payload)
+    return state, accepted, rejected, skipped, next_payload
 
 
 def analytic_one_time(fed: Federation) -> dict[str, int]:
@@ -153,16 +171,9 @@ class Simulator:
                 bar.update(1)
                 bar.set_postfix(round=round_idx, client=c, loss=f"{metrics.get('train_loss', float('nan')):.3f}")
         comm_row = self.comm.record_round(payload, [u.payload for u in updates])
-        accepted, rejected = self.validator.filter(
-            updates, self.state.adapter, method.upload_names(fed.adapted), fed.adapted.shapes()
+        self.state, accepted, rejected, skipped, next_payload = server_step(
+            fed, method, self.state, updates, self.validator, self.comm.wire_dtype, self.validator.min_clients
         )
-        skipped = len(accepted) < self.validator.min_clients
-        if not skipped:
-            self.state = method.aggregate(self.state, accepted)
-        next_payload = to_wire(method.broadcast(self.state), self.comm.wire_dtype)
-        if not skipped:
-            method.apply_base_update(fed.adapted, next_payload)
-        method.load_adapter(fed.adapted, next_payload)
         row: dict[str, Any] = {
             "round": round_idx,
             "clients_sampled": len(sampled),

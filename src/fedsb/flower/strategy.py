@@ -37,7 +37,7 @@ from fedsb.flower.records import dumps, from_record, to_record
 from fedsb.flower.wire import MeteredGrid, summarise
 from fedsb.init_sources import get_init_source
 from fedsb.methods.base import ClientUpdate, ServerState
-from fedsb.simulation import Simulator
+from fedsb.simulation import Simulator, server_step
 from fedsb.validation import UpdateValidator
 
 RoundCallback = Callable[[dict[str, Any]], None]
@@ -293,15 +293,10 @@ class FedsbStrategy(Strategy):
         fed, method = self.fed, self.method
         assert self.state is not None
         comm_row = self.comm.record_round(self.payload, comm_uploads if comm_uploads is not None else [u.payload for u in updates])
-        accepted, rejected = self.validator.filter(updates, self.state.adapter, method.upload_names(fed.adapted), fed.adapted.shapes())
         need = 1 if secure else self.validator.min_clients
-        skipped = len(accepted) < need
-        if not skipped:
-            self.state = method.aggregate(self.state, accepted)
-        next_payload = to_wire(method.broadcast(self.state), self.options.wire_dtype)
-        if not skipped:
-            method.apply_base_update(fed.adapted, next_payload)
-        method.load_adapter(fed.adapted, next_payload)
+        self.state, accepted, rejected, skipped, next_payload = server_step(
+            fed, method, self.state, updates, self.validator, self.options.wire_dtype, need
+        )
         self.payload = next_payload
         losses = [u.metrics.get("train_loss") for u in accepted if "train_loss" in u.metrics]
         self.pending_row = {

@@ -40,6 +40,14 @@ class TaskConfig:
     test_fraction: float = 0.2  # held-out share when the data has no test split
     max_test_examples: int | None = None
 
+    @property
+    def label(self) -> str:
+        """Display name: the builtin task, or the data file (its folder for BIG-bench's ``task.json``)."""
+        if not self.path:
+            return self.name
+        p = Path(self.path)
+        return p.parent.name if p.name == "task.json" else p.stem
+
 
 @dataclass
 class AdapterConfig:

@@ -148,3 +148,11 @@ def test_real_gsm8k_and_bigbench(shared_data: Path) -> None:
     for sub in ("intent_recognition", "presuppositions_as_nli", "arithmetic/3_digit_subtraction"):
         d = load_task(TaskConfig(path=str(shared_data / "bigbench" / sub)), "causal-lm")
         assert d.train and d.test and all(e.response for e in d.train)
+
+
+def test_task_label_names_the_data_file_not_the_default_builtin(tmp_path: Path) -> None:
+    from fedsb.config import TaskConfig
+
+    assert TaskConfig().label == "intent_recognition"
+    assert TaskConfig(path=str(tmp_path / "epistemic_reasoning" / "task.json")).label == "epistemic_reasoning"
+    assert TaskConfig(path=str(tmp_path / "silo-a.jsonl"), format="jsonl").label == "silo-a"

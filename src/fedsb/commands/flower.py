@@ -3,7 +3,8 @@
 - ``fedsb flower simulate [CONFIG] [--key value ...]``: ``flwr.simulation.run_simulation`` in this process, one
   virtual SuperNode per client; writes a run directory like ``fedsb run`` plus measured wire bytes.
 - ``fedsb flower deploy --supernodes N [CONFIG] [--key value ...]``: a SuperLink and N SuperNodes on free
-  127.0.0.1 ports, ``flwr run`` of the fedsb app, every process killed by pid at the end.
+  127.0.0.1 ports, ``flwr run`` of the fedsb app, every process killed by pid at the end. ``--tls``: the
+  multi-machine setup on one machine (throwaway certificates, TLS, only registered SuperNodes may join).
 - ``fedsb flower app DIR``: write the Flower App (``pyproject.toml``) for ``flwr run`` on your own SuperLink.
 
 Transport options: ``--wire-dtype float32|bfloat16|float16``, ``--secagg``, ``--cpus-per-client X``
@@ -19,7 +20,7 @@ from rich.console import Console
 
 from fedsb.errors import UsageError
 
-FLAGS = ("--secagg", "--resume", "--no-progress", "--overwrite", "--client-eval")
+FLAGS = ("--secagg", "--resume", "--no-progress", "--overwrite", "--client-eval", "--tls")
 VALUED = ("--wire-dtype", "--supernodes", "--cpus-per-client", "--deploy-home")
 
 
@@ -73,7 +74,8 @@ def _report(console: Console, summary: dict[str, Any], out: Path) -> None:
                   f"{fl.get('wire_upload_message_bytes_total', 0):,} B, down {fl.get('wire_download_message_bytes_total', 0):,} B)")
     if "deployment" in fl:
         d = fl["deployment"]
-        console.print(f"deployment: {d['supernodes']} SuperNodes, up in {d['startup_seconds']} s, wall {d['wall_seconds']} s")
+        tls = ", TLS + SuperNode auth" if d.get("tls_and_supernode_auth") else ""
+        console.print(f"deployment: {d['supernodes']} SuperNodes{tls}, up in {d['startup_seconds']} s, wall {d['wall_seconds']} s")
     console.print(f"results in {out}/ (summary.json, metrics.jsonl with wire_* fields per round, wire.json, adapter/)")
 
 
@@ -121,6 +123,8 @@ def simulate_cmd(tokens: list[str], console: Console | None = None) -> dict[str,
 
     console = console or Console(highlight=False, soft_wrap=True)
     config, opts, overrides = split_flower_args(tokens)
+    if opts.get("tls"):
+        raise UsageError("--tls is an option of `fedsb flower deploy` (simulation has no network to secure)")
     cfg = _resolve(config, overrides, bool(opts.get("resume")))
     out = _out(cfg, opts)
     if opts.get("resume") and _complete(cfg, out, console):
@@ -146,9 +150,11 @@ def deploy_cmd(tokens: list[str], console: Console | None = None) -> dict[str, A
     out = _out(cfg, opts)
     if opts.get("resume") and _complete(cfg, out, console):
         return {}
+    secure = bool(opts.get("tls"))
+    mode = "TLS + SuperNode authentication, throwaway certificates" if secure else "insecure, loopback only"
     console.print(f"[bold]fedsb flower deploy[/bold] {cfg.method} r={cfg.adapter.rank}: SuperLink + {n} SuperNodes on 127.0.0.1, "
-                  f"{cfg.federation.rounds} rounds (insecure, loopback only)")
-    summary = deploy_run(cfg, _options(opts), n, home=opts.get("deploy-home"), resume=bool(opts.get("resume")))
+                  f"{cfg.federation.rounds} rounds ({mode})")
+    summary = deploy_run(cfg, _options(opts), n, home=opts.get("deploy-home"), resume=bool(opts.get("resume")), secure=secure)
     _report(console, summary, out)
     return summary
 

@@ -78,7 +78,7 @@ def run(cfg: RunConfig, overwrite: bool = False, console: Console | None = None,
     if out.exists() and any(out.iterdir()) and not overwrite:
         RunDir.create(out, overwrite=False)  # raises the usage error before any heavy work
     check_paths(cfg)
-    console.print(f"[bold]fedsb[/bold] {cfg.method} r={cfg.adapter.rank}: model {cfg.model.name}, task {cfg.task.name}, "
+    console.print(f"[bold]fedsb[/bold] {cfg.method} r={cfg.adapter.rank}: model {cfg.model.name}, task {cfg.task.label}, "
                   f"{cfg.federation.clients} clients x {cfg.federation.rounds} rounds")
     fed = build_federation(cfg)
     cfg.out = str(out)
@@ -152,7 +152,7 @@ def resume(run_dir: str | Path, overrides: list[tuple[str, str]] | None = None, 
         console.print(f"{rd} is already complete ({rounds} of {rounds} rounds); nothing to resume")
         return None
     console.print(f"[bold]fedsb[/bold] resuming {rd} after round {ckpt.round} of {rounds}: {cfg.method} r={cfg.adapter.rank}, "
-                  f"model {cfg.model.name}, task {cfg.task.name}")
+                  f"model {cfg.model.name}, task {cfg.task.label}")
     fed = build_federation(cfg)
     sim = make_simulator(cfg, fed, progress)
     start = restore_checkpoint(sim, ckpt)

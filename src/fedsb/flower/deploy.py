@@ -1,5 +1,10 @@
 """A local Flower deployment for trying fedsb out: one SuperLink and N SuperNodes on 127.0.0.1.
 
+Insecure by default (loopback only). With ``secure=True`` (``fedsb flower deploy --tls``) it runs the
+multi-machine setup on one machine: throwaway certificates (:mod:`fedsb.flower.credentials`), TLS on every
+connection, ``--enable-supernode-auth`` and each SuperNode's public key registered with
+``flwr supernode register`` before it starts, so only those SuperNodes can join.
+
 Every process is started by this module, remembered by pid, and killed by pid (SIGTERM, then SIGKILL) when
 the deployment closes, also on errors and Ctrl-C. Nothing is installed at run time
 (``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1`` plus ``--disable-runtime-dependency-installation``):
@@ -12,6 +17,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -21,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsb.errors import FedsbError
+from fedsb.flower.credentials import Credentials, make_credentials
 from fedsb.flower.simulate import QUIET_ENV
 
 APP_NAME = "fedsb-flower-app"
@@ -120,11 +127,14 @@ def _signal(pid: int, sig: int) -> bool:
 
 @dataclass
 class LocalDeployment:
-    """SuperLink + N SuperNodes (insecure, loopback). Use as a context manager: processes die on exit."""
+    """SuperLink + N SuperNodes on loopback (insecure, or TLS + SuperNode auth with ``secure``). Use as a
+    context manager: processes die on exit."""
 
     supernodes: int
     home: Path
     data_paths: list[str] | None = None
+    secure: bool = False
+    credentials: Credentials | None = None
     ports: list[int] = field(default_factory=list)
     procs: list[subprocess.Popen] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
@@ -152,25 +162,45 @@ class LocalDeployment:
     def start(self, ready_timeout: float = 60.0) -> LocalDeployment:
         self.ports = free_ports(1 + self.supernodes)
         link = self.ports[0]
-        self._spawn([_bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(link),
+        if self.secure:
+            self.credentials = c = make_credentials(self.home / "credentials", self.supernodes)
+            security = ["--ssl-ca-certfile", str(c.ca_cert), "--ssl-certfile", str(c.server_cert),
+                        "--ssl-keyfile", str(c.server_key), "--enable-supernode-auth"]
+        else:
+            security = ["--insecure"]
+        self._spawn([_bin("flower-superlink"), *security, "--host", "127.0.0.1", "--port", str(link),
                      "--disable-runtime-dependency-installation"], "superlink", self.home / "superlink")
         self.wait_ready(ready_timeout)
+        self.write_cli_config()
         for i in range(self.supernodes):
             node_cfg = f"partition-id={i} num-partitions={self.supernodes}"
             if self.data_paths:
                 node_cfg += f' data-path="{self.data_paths[i]}"'
-            self._spawn([_bin("flower-supernode"), "--insecure", "--superlink", self.address, "--host", "127.0.0.1",
+            security = ["--insecure"]
+            if self.credentials:
+                key = self.credentials.node_keys[i]
+                self.register(Path(f"{key}.pub"))
+                security = ["--root-certificates", str(self.credentials.ca_cert), "--auth-supernode-private-key", str(key)]
+            self._spawn([_bin("flower-supernode"), *security, "--superlink", self.address, "--host", "127.0.0.1",
                          "--port", str(self.ports[1 + i]), "--node-config", node_cfg], f"supernode{i}", self.home / f"supernode{i}")
-        self.write_cli_config()
         return self
 
+    def register(self, public_key: Path) -> None:
+        """``flwr supernode register KEY.pub``: allow the SuperNode holding the matching private key to join."""
+        args = [_bin("flwr"), "supernode", "register", str(public_key), "local-deployment"]
+        res = subprocess.run(args, capture_output=True, text=True, env=self.env(self.home / "cli"), timeout=60)
+        if res.returncode != 0 or "registered successfully" not in res.stdout:
+            raise FedsbError(f"flwr supernode register {public_key.name} failed: {(res.stdout + res.stderr).strip()[-300:]}")
+
     def wait_ready(self, timeout: float) -> None:
+        scheme = "https" if self.credentials else "http"
+        context = ssl.create_default_context(cafile=str(self.credentials.ca_cert)) if self.credentials else None
         t0 = time.time()
         while time.time() - t0 < timeout:
             if self.procs[0].poll() is not None:
                 raise FedsbError(f"flower-superlink exited with code {self.procs[0].returncode}; see {self.logs[0]}")
             try:
-                with urllib.request.urlopen(f"http://{self.address}/health", timeout=2):
+                with urllib.request.urlopen(f"{scheme}://{self.address}/health", timeout=2, context=context):
                     return
             except OSError:
                 time.sleep(0.3)
@@ -181,8 +211,9 @@ class LocalDeployment:
         cli = self.home / "cli"
         cli.mkdir(parents=True, exist_ok=True)
         path = cli / "config.toml"
+        security = f'root-certificates = "{self.credentials.ca_cert}"' if self.credentials else "insecure = true"
         path.write_text(f'[superlink]\ndefault = "local-deployment"\n\n[superlink.local-deployment]\n'
-                        f'address = "{self.address}"\ninsecure = true\n', encoding="utf-8")
+                        f'address = "{self.address}"\n{security}\n', encoding="utf-8")
         return path
 
     def flwr_run(self, app_dir: str | Path, run_config: dict[str, Any], timeout: float = 1800.0) -> subprocess.CompletedProcess:
@@ -228,7 +259,7 @@ class LocalDeployment:
 
 
 def deploy_run(cfg: Any, options: Any, supernodes: int, home: str | Path | None = None, keep_home: bool = False,
-               timeout: float = 1800.0, resume: bool = False) -> dict[str, Any]:
+               timeout: float = 1800.0, resume: bool = False, secure: bool = False) -> dict[str, Any]:
     """Start a local deployment, ``flwr run`` the fedsb app on it, stop every process; returns the run's summary.
 
     ``cfg.federation.clients`` must equal ``supernodes`` (one partition per SuperNode). The resolved config
@@ -257,7 +288,7 @@ def deploy_run(cfg: Any, options: Any, supernodes: int, home: str | Path | None 
                                   "flower.overwrite": True,
                                   "flower.wire-dtype": options.wire_dtype, "flower.secagg": options.secagg}
     t0 = time.time()
-    dep = LocalDeployment(supernodes, base)
+    dep = LocalDeployment(supernodes, base, secure=secure)
     try:
         dep.start()
         t_up = time.time() - t0
@@ -270,7 +301,8 @@ def deploy_run(cfg: Any, options: Any, supernodes: int, home: str | Path | None 
         tail = "\n".join(res.stdout.splitlines()[-15:])
         raise FedsbError(f"the Flower run failed (flwr run exit code {res.returncode}); logs in {base / 'logs'}:\n{tail}")
     summary = json.loads(summary_path.read_text())
-    summary.setdefault("flower", {})["deployment"] = {"supernodes": supernodes, "startup_seconds": round(t_up, 2),
+    summary.setdefault("flower", {})["deployment"] = {"supernodes": supernodes, "tls_and_supernode_auth": secure,
+                                                      "startup_seconds": round(t_up, 2),
                                                       "wall_seconds": round(wall, 2), "logs": str(base / "logs")}
     atomic_write_text(summary_path, json.dumps(summary, indent=2))
     if not keep_home and home is None:

@@ -61,7 +61,7 @@ def load_task(cfg: TaskConfig, kind: TaskKind, seed: int = 0) -> TaskData:
     train, test = split_train_test(examples, cfg.test_fraction, seed)
     if cfg.max_test_examples:
         test = test[: cfg.max_test_examples]
-    return TaskData(name=cfg.name if cfg.path is None else path.stem, kind="classification", train=train, test=test, labels=labels)
+    return TaskData(name=cfg.label, kind="classification", train=train, test=test, labels=labels)
 
 
 __all__ = ["Example", "TaskData", "load_task", "split_train_test"]

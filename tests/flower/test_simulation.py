@@ -31,3 +31,14 @@ def test_run_simulation_equals_the_simulator(method: str, tmp_path: Path) -> Non
     assert len(rows) == 3 and '"wire_upload_payload_bytes"' in rows[-1]
     assert (tmp_path / "flower" / "checkpoint.safetensors").is_file()
     assert (tmp_path / "flower" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_backend_config_joins_a_ray_cluster_without_local_resources() -> None:
+    from fedsb.flower.simulate import backend_config
+
+    local = backend_config(1.0, total_cpus=2)
+    assert local["init_args"]["num_cpus"] == 2 and local["client_resources"]["num_cpus"] == 1.0
+    cluster = backend_config(2.0, ray_address="127.0.0.1:6379")
+    # Ray refuses num_cpus/num_gpus when connecting to an existing cluster: only the address is passed.
+    assert cluster["init_args"] == {"address": "127.0.0.1:6379"}
+    assert cluster["client_resources"] == {"num_cpus": 2.0, "num_gpus": 0.0}

@@ -7,8 +7,9 @@
   multi-machine setup on one machine (throwaway certificates, TLS, only registered SuperNodes may join).
 - ``fedsb flower app DIR``: write the Flower App (``pyproject.toml``) for ``flwr run`` on your own SuperLink.
 
-Transport options: ``--wire-dtype float32|bfloat16|float16``, ``--secagg``, ``--cpus-per-client X``
-(simulation), ``--resume`` (continue ``--out DIR`` from its checkpoint).
+Transport options: ``--wire-dtype float32|bfloat16|float16``, ``--secagg``, ``--cpus-per-client X`` and
+``--ray-address HOST:PORT`` (simulation; the latter joins a running Ray cluster), ``--resume`` (continue
+``--out DIR`` from its checkpoint).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from rich.console import Console
 from fedsb.errors import UsageError
 
 FLAGS = ("--secagg", "--resume", "--no-progress", "--overwrite", "--client-eval", "--tls")
-VALUED = ("--wire-dtype", "--supernodes", "--cpus-per-client", "--deploy-home")
+VALUED = ("--wire-dtype", "--supernodes", "--cpus-per-client", "--deploy-home", "--ray-address")
 
 
 def split_flower_args(tokens: list[str]) -> tuple[str | None, dict[str, Any], list[tuple[str, str]]]:
@@ -132,7 +133,8 @@ def simulate_cmd(tokens: list[str], console: Console | None = None) -> dict[str,
     cpus = float(opts.get("cpus-per-client", 1))
     console.print(f"[bold]fedsb flower simulate[/bold] {cfg.method} r={cfg.adapter.rank}: {cfg.federation.clients} virtual "
                   f"SuperNodes x {cfg.federation.rounds} rounds, {cpus:g} CPU per ClientApp")
-    strategy = simulate(cfg, _options(opts), resume=bool(opts.get("resume")), backend=backend_config(cpus))
+    backend = backend_config(cpus, ray_address=opts.get("ray-address"))
+    strategy = simulate(cfg, _options(opts), resume=bool(opts.get("resume")), backend=backend)
     summary = strategy.result_summary()
     _report(console, summary, out)
     return summary

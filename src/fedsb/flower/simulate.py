@@ -17,11 +17,18 @@ QUIET_ENV = {
 
 
 def backend_config(cpus_per_client: float = 1.0, gpus_per_client: float = 0.0, total_cpus: int | None = None,
-                   total_gpus: int = 0) -> dict[str, Any]:
-    """Ray resources: each ClientApp reserves ``cpus_per_client`` (Flower's default of 2 serialises 2-core boxes)."""
+                   total_gpus: int = 0, ray_address: str | None = None) -> dict[str, Any]:
+    """Ray resources: each ClientApp reserves ``cpus_per_client`` (Flower's default of 2 serialises 2-core boxes).
+
+    ``ray_address`` (``HOST:PORT`` of a running ``ray start --head``, or ``"auto"``) joins that Ray cluster
+    instead of starting a local one; the cluster's own resources then apply (Ray refuses ``num_cpus`` when
+    connecting), and every node needs fedsb installed in the same environment.
+    """
+    resources = {"num_cpus": cpus_per_client, "num_gpus": gpus_per_client}
+    if ray_address:
+        return {"client_resources": resources, "init_args": {"address": ray_address}}
     total = total_cpus or max(1, os.cpu_count() or 1)
-    return {"client_resources": {"num_cpus": cpus_per_client, "num_gpus": gpus_per_client},
-            "init_args": {"num_cpus": total, "num_gpus": total_gpus, "include_dashboard": False}}
+    return {"client_resources": resources, "init_args": {"num_cpus": total, "num_gpus": total_gpus, "include_dashboard": False}}
 
 
 def simulate(cfg: RunConfig, options: FlowerOptions | None = None, resume: bool = False,

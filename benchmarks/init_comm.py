@@ -65,12 +65,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "public": {"source": "public"},
 }
 # task -> config overrides. epistemic_reasoning (2,000 premise/hypothesis pairs, 63% majority class) does not
-# leave the majority class within the default 10 steps x 5 rounds at batch 16 (measured: 0.63 after 50
-# steps); at batch 8 x 20 steps (the same compute) it learns.
+# leave the majority class within the default 10 steps x 5 rounds (measured: 0.63, also at batch 8 x 20
+# steps); with 30 steps per round it reached 0.85 after 2 rounds and 0.90 after 5, so it gets 20.
 TASKS: dict[str, dict[str, dict[str, Any]]] = {
     "intent_recognition": {},
     "epistemic_reasoning": {"task": {"path": str(DATA / "epistemic_reasoning" / "task.json")},
-                            "train": {"batch_size": 8, "local_steps": 20}},
+                            "train": {"local_steps": 20}},
     "presuppositions_as_nli": {"task": {"path": str(DATA / "presuppositions_as_nli" / "task.json")}},
 }
 DEFAULT_TASKS = ["intent_recognition", "epistemic_reasoning"]
@@ -149,7 +149,19 @@ def run_task(task: str, seeds: list[int], trained: list[str], agreement_only: li
             row: dict[str, Any] = {"task": task, "seed": seed, "variant": variant, "method": "fed-sb", "rank": RANK,
                                    **{k: v for k, v in VARIANTS[variant].items()}, "fedit_total_upload_analytic": fedit_up}
             set_init(cfg, variant)
-            if variant in trained:
+            if variant == "public":
+                # The public init needs a federation that holds out its public slice of the training pool.
+                pub_cfg = base_config(task, seed)
+                set_init(pub_cfg, variant)
+                pub = build_federation(pub_cfg)
+                pub_head0 = pub.adapted.get_state(pub.adapted.head_state_names())
+                if variant in trained:
+                    row.update(train(pub, pub_head0, seed))
+                else:
+                    row.update(agreement_without_training(pub, variant, [], {}))
+                row.update(init_agreement(reference, adapter_factors(pub.adapted)))
+                del pub
+            elif variant in trained:
                 row.update(train(fed, head0, seed))
                 row.update(init_agreement(reference, adapter_factors(fed.adapted)))
             else:
@@ -302,6 +314,8 @@ def dedupe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             r["task"] = "presuppositions_as_nli"
         if r["variant"] == "public" and r.get("b_cos2") == 1.0 and "accuracy" not in r:
             continue  # that version also scored the public init with the clients' gradients: dropped
+        if r["variant"] == "public" and r.get("b_cos2", 1.0) < 0.1:
+            continue  # that version trained "public" on a federation with no public slice (a random init): dropped
         key = (r["task"], r["seed"], r["variant"])
         if key not in best or ("accuracy" in r and "accuracy" not in best[key]):
             best[key] = r

@@ -261,3 +261,18 @@ def test_config_accepts_the_new_sources_and_rejects_bad_options() -> None:
         resolve(None, [("init.source", "federated-sing")])
     with pytest.raises(UsageError, match="lowrank_rank"):
         resolve(None, [("init.lowrank_rank", "-1")])
+
+
+def test_public_init_without_public_examples_is_refused_not_random() -> None:
+    """A federation built for the federated init holds no public slice: switching its source to public must
+    fail loudly (an SVD of a zero gradient would give a random subspace)."""
+    from fedsb.errors import FedsbError
+    from fedsb.federation import initialise_adapters
+    from tests.helpers import tiny_federation
+
+    fed = tiny_federation(method="fed-sb")
+    assert not fed.public
+    fed.cfg.init.source = "public"
+    with pytest.raises(FedsbError, match="no public examples"):
+        initialise_adapters(fed)
+    assert tiny_federation(method="fed-sb", init={"source": "public"}).public, "a public federation holds its slice"

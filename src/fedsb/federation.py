@@ -177,6 +177,11 @@ def public_init_examples(fed: Federation) -> list[Example]:
 
         data = load_task(replace(fed.cfg.task, path=fed.cfg.init.public_path), fed.task.kind, fed.cfg.seed)
         return data.train + data.test
+    if not fed.public:
+        # A federation built for another init source holds no public slice; an SVD of a zero gradient
+        # would silently give a random subspace.
+        raise FedsbError("init.source = public but this federation holds no public examples; set init.public_path, "
+                         "or build the federation with init.source = public (it then holds out a slice of the training pool)")
     return fed.public
 
 

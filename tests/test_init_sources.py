@@ -19,7 +19,6 @@ from fedsb.init_sources import (
     dequantize_columns,
     expected_upload,
     get_init_source,
-    majority_vote,
     pack_codes,
     pack_signs,
     quantize_columns,
@@ -107,9 +106,28 @@ def test_weighted_votes_respect_example_counts() -> None:
 
 
 def test_ties_are_broken_deterministically_to_zero() -> None:
-    v = [torch.tensor([1, 1, -1], dtype=torch.int8), torch.tensor([-1, 1, 1], dtype=torch.int8)]
-    assert torch.equal(majority_vote(v, [4, 4]), torch.tensor([0.0, 1.0, 0.0]))
-    assert torch.equal(majority_vote(v[::-1], [4, 4]), majority_vote(v, [4, 4]))
+    shapes = {"a": (1, 3)}
+    src = SignInit(ETA, shapes)
+    x, y = {"a": torch.tensor([[1.0, 1.0, -1.0]])}, {"a": torch.tensor([[-1.0, 1.0, 1.0]])}
+    out = src.combine([(src.encode(x, 4), 4), (src.encode(y, 4), 4)])["a"]
+    assert torch.equal(out, -ETA * torch.tensor([[0.0, 1.0, 0.0]]))
+    assert torch.equal(src.combine([(src.encode(y, 4), 4), (src.encode(x, 4), 4)])["a"], out), "order must not matter"
+
+
+def test_combining_one_message_at_a_time_equals_combining_the_list() -> None:
+    """The server adds init messages as they arrive (memory independent of k); the result is the batch one."""
+    from fedsb.init_sources import Combiner
+
+    clients = [grads(c) for c in range(4)]
+    for src in (DenseInit(ETA, SHAPES), SignInit(ETA, SHAPES), LowRankInit(ETA, SHAPES, rank=2, bits=8)):
+        msgs = [(src.encode(c, 3 + i), 3 + i) for i, c in enumerate(clients)]
+        combiner = Combiner(src)
+        for m, n in msgs:
+            combiner.add(m, n)
+        streamed, batch = combiner.result(), src.combine(msgs)
+        assert all(torch.equal(streamed[n], batch[n]) for n in SHAPES), src.name
+    with pytest.raises(FedsbError, match="no init messages"):
+        Combiner(SignInit(ETA, SHAPES)).result()
 
 
 # --- low-rank ------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -15,7 +16,7 @@ from fedsb.adapters.lora_sb_init import gradient_sums, lora_sb_init_from_directi
 from fedsb.adapters.model import AdaptedModel
 from fedsb.config import RunConfig
 from fedsb.errors import FedsbError
-from fedsb.init_sources import init_source_for
+from fedsb.init_sources import Combiner, init_source_for
 from fedsb.methods import get_method
 from fedsb.methods.base import Method
 from fedsb.models import LoadedModel, load_model, resolve_device
@@ -185,7 +186,7 @@ def public_init_examples(fed: Federation) -> list[Example]:
     return fed.public
 
 
-def initialise_adapters(fed: Federation, client_messages: list[tuple[dict[str, torch.Tensor], int]] | None = None) -> dict[str, int]:
+def initialise_adapters(fed: Federation, client_messages: Iterable[tuple[dict[str, torch.Tensor], int]] | None = None) -> dict[str, int]:
     """Server-side adapter initialisation; returns the one-time upload (bytes, params) per client.
 
     LoRA-SB methods: combine the clients' init messages (``federated``) or the server's own gradient on
@@ -196,16 +197,18 @@ def initialise_adapters(fed: Federation, client_messages: list[tuple[dict[str, t
         fed.adapted.init_lora(cfg.seed)
         return {"upload_bytes": 0, "upload_params": 0}
     source = init_source_for(cfg.init, cfg.adapter.rank, layer_shapes(fed), cfg.seed)
+    combiner = Combiner(source)
+    up_bytes = up_params = 0
     if source.federated:
-        if client_messages is None:
-            client_messages = [client_init_message(fed, c) for c in range(len(fed.shards))]
-        up_bytes = max(source.upload_bytes(m) for m, _ in client_messages)
-        up_params = max(source.upload_params(m) for m, _ in client_messages)
+        # Each message is added to the running total as it is made, so the server never holds all k.
+        messages = client_messages if client_messages is not None else (client_init_message(fed, c) for c in range(len(fed.shards)))
+        for msg, n in messages:
+            up_bytes, up_params = max(up_bytes, source.upload_bytes(msg)), max(up_params, source.upload_params(msg))
+            combiner.add(msg, n)
     else:
         batches = fed.init_batches(public_init_examples(fed), cfg.seed * 7919 - 1)
         sums, n = gradient_sums(fed.adapted, batches, fed.objective.loss, fed.objective.batch_size)
-        client_messages = [(source.encode(sums, n), n)]
-        up_bytes = up_params = 0
-    directions = source.combine(client_messages)
+        combiner.add(source.encode(sums, n), n)
+    directions = combiner.result()
     lora_sb_init_from_directions(fed.adapted, directions, cfg.init.svd, cfg.init.oversample, cfg.init.niter, cfg.seed)
     return {"upload_bytes": up_bytes, "upload_params": up_params}

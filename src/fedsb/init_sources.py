@@ -60,9 +60,26 @@ class InitSource(ABC):
     def encode(self, grad_sums: dict[str, Tensor], num_examples: int) -> Message:
         """What one client uploads for its local gradient sums."""
 
-    @abstractmethod
     def combine(self, messages: list[tuple[Message, int]]) -> dict[str, Tensor]:
         """Per-layer update direction ``dW`` (d_out x d_in) from the clients' messages."""
+        combiner = Combiner(self)
+        for message, num_examples in messages:
+            combiner.add(message, num_examples)
+        return combiner.result()
+
+    # The server adds messages one at a time (see Combiner): memory is one message plus a running total,
+    # whatever the number of clients.
+    @abstractmethod
+    def start(self) -> dict[str, Tensor]:
+        """An empty running total."""
+
+    @abstractmethod
+    def add(self, total: dict[str, Tensor], message: Message, num_examples: int, client: int) -> None:
+        """Check one client's message and add it to ``total`` in place."""
+
+    @abstractmethod
+    def finish(self, total: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The update directions from the running total of every client's message."""
 
     def upload_bytes(self, message: Message) -> int:
         return payload_bytes(message, "float32")
@@ -79,11 +96,19 @@ class DenseInit(InitSource):
     def encode(self, grad_sums: dict[str, Tensor], num_examples: int) -> Message:
         return {k: v.to(torch.float32) for k, v in grad_sums.items()}
 
-    def combine(self, messages: list[tuple[Message, int]]) -> dict[str, Tensor]:
-        total = {k: torch.zeros_like(v) for k, v in messages[0][0].items()}
-        for msg, _ in messages:
-            for k, v in msg.items():
+    def start(self) -> dict[str, Tensor]:
+        return {}
+
+    def add(self, total: dict[str, Tensor], message: Message, num_examples: int, client: int) -> None:
+        if total and set(message) != set(total):
+            _check_keys(message, set(total), client)
+        for k, v in message.items():
+            if k in total:
                 total[k].add_(v)
+            else:
+                total[k] = v.to(torch.float32).clone()
+
+    def finish(self, total: dict[str, Tensor]) -> dict[str, Tensor]:
         return {k: update_direction(v, self.eta) for k, v in total.items()}
 
 
@@ -97,9 +122,23 @@ class PublicInit(DenseInit):
 # --- shared checks ------------------------------------------------------------------------------------
 
 
-def _server_shapes(source: InitSource, messages: list[tuple[Message, int]]) -> Shapes:
-    if not messages:
-        raise FedsbError("no init messages arrived; the federated init needs at least one client")
+class Combiner:
+    """Adds the clients' init messages to a running total as they arrive, then forms the update directions."""
+
+    def __init__(self, source: InitSource) -> None:
+        self.source, self.total, self.count = source, source.start(), 0
+
+    def add(self, message: Message, num_examples: int) -> None:
+        self.source.add(self.total, message, num_examples, self.count)
+        self.count += 1
+
+    def result(self) -> dict[str, Tensor]:
+        if self.count == 0:
+            raise FedsbError("no init messages arrived; the federated init needs at least one client")
+        return self.source.finish(self.total)
+
+
+def _server_shapes(source: InitSource) -> Shapes:
     if source.shapes is None:
         raise FedsbError(f"the {source.name} init's server side needs the adapted layers' shapes")
     return source.shapes
@@ -141,18 +180,6 @@ def unpack_signs(packed: Tensor, numel: int) -> Tensor:
     return torch.from_numpy(bits.astype(np.int8) * 2 - 1)
 
 
-def majority_vote(votes: list[Tensor], weights: list[int]) -> Tensor:
-    """Sign of the weighted vote ``sum_i w_i v_i`` per element (float32 in {-1, 0, +1}).
-
-    Integer arithmetic, so the result does not depend on client order; an exact tie gives 0 (no step on
-    that element, as ``sign(0)`` gives in the dense init): deterministic, and biased towards neither sign.
-    """
-    total = torch.zeros(votes[0].shape, dtype=torch.int64)
-    for v, w in zip(votes, weights, strict=True):
-        total.add_(v.to(torch.int64), alpha=int(w))
-    return torch.sign(total).to(torch.float32)
-
-
 class SignInit(InitSource):
     """Clients send 1-bit signs of their gradient sums; the server takes the example-weighted majority vote.
 
@@ -170,23 +197,26 @@ class SignInit(InitSource):
     def encode(self, grad_sums: dict[str, Tensor], num_examples: int) -> Message:
         return {name: pack_signs(g) for name, g in grad_sums.items()}
 
-    def combine(self, messages: list[tuple[Message, int]]) -> dict[str, Tensor]:
-        shapes = _server_shapes(self, messages)
-        for c, (msg, n) in enumerate(messages):
-            _check_keys(msg, set(shapes), c)
-            if n <= 0:
-                raise FedsbError(f"init message of client {c} claims {n} examples; it must be > 0")
-            for name, t in msg.items():
-                want = math.ceil(self.numel(name) / 8)
-                if t.dtype != torch.uint8 or t.dim() != 1 or t.numel() != want:
-                    raise FedsbError(f"init message of client {c}, layer {name!r}: expected {want} packed uint8 bytes, "
-                                     f"got {t.dtype} of shape {tuple(t.shape)}")
-        weights = [n for _, n in messages]
-        out = {}
-        for name, (d_out, d_in) in shapes.items():
-            vote = majority_vote([unpack_signs(msg[name], d_out * d_in) for msg, _ in messages], weights)
-            out[name] = -self.eta * vote.reshape(d_out, d_in)
-        return out
+    def start(self) -> dict[str, Tensor]:
+        # Integer vote totals: the result does not depend on the order the clients arrive in.
+        return {name: torch.zeros(d_out * d_in, dtype=torch.int64) for name, (d_out, d_in) in _server_shapes(self).items()}
+
+    def add(self, total: dict[str, Tensor], message: Message, num_examples: int, client: int) -> None:
+        _check_keys(message, set(total), client)
+        if num_examples <= 0:
+            raise FedsbError(f"init message of client {client} claims {num_examples} examples; it must be > 0")
+        for name, t in message.items():
+            want = math.ceil(self.numel(name) / 8)
+            if t.dtype != torch.uint8 or t.dim() != 1 or t.numel() != want:
+                raise FedsbError(f"init message of client {client}, layer {name!r}: expected {want} packed uint8 bytes, "
+                                 f"got {t.dtype} of shape {tuple(t.shape)}")
+        for name, t in message.items():  # checked first: a bad message leaves the total untouched
+            total[name].add_(unpack_signs(t, self.numel(name)).to(torch.int64), alpha=int(num_examples))
+
+    def finish(self, total: dict[str, Tensor]) -> dict[str, Tensor]:
+        # sign of the weighted vote; an exact tie gives 0 (no step on that element, as sign(0) in the dense init)
+        return {name: -self.eta * torch.sign(total[name]).to(torch.float32).reshape(self.shapes[name])  # type: ignore[index]
+                for name in total}
 
     def upload_bytes(self, message: Message) -> int:
         return wire_bytes(message)
@@ -330,27 +360,31 @@ class LowRankInit(InitSource):
             raise FedsbError(f"init message of client {client}, {key!r} has non-finite values; it is rejected")
         return x
 
-    def combine(self, messages: list[tuple[Message, int]]) -> dict[str, Tensor]:
-        shapes = _server_shapes(self, messages)
-        expected = self._expected_keys(shapes)
-        factors: dict[str, list[tuple[Tensor, Tensor]]] = {n: [] for n in shapes}
-        for c, (msg, _) in enumerate(messages):
-            _check_keys(msg, expected, c)
-            for name, (d_out, d_in) in shapes.items():
-                left = self._factor(msg, f"{name}.left", d_out, c)
-                right = self._factor(msg, f"{name}.right", d_in, c)
-                if left.shape[1] != right.shape[1]:
-                    raise FedsbError(f"init message of client {c}, layer {name!r}: factors of ranks {left.shape[1]} and "
-                                     f"{right.shape[1]} differ")
-                factors[name].append((left, right))
+    def start(self) -> dict[str, Tensor]:
+        # Running sum of the products left @ right.T (still rotated for quantised factors: H_L M H_R^T).
+        return {name: torch.zeros(d_out, d_in) for name, (d_out, d_in) in _server_shapes(self).items()}
+
+    def add(self, total: dict[str, Tensor], message: Message, num_examples: int, client: int) -> None:
+        shapes = _server_shapes(self)
+        _check_keys(message, self._expected_keys(shapes), client)
+        products = {}
+        for name, (d_out, d_in) in shapes.items():
+            left = self._factor(message, f"{name}.left", d_out, client)
+            right = self._factor(message, f"{name}.right", d_in, client)
+            if left.shape[1] != right.shape[1]:
+                raise FedsbError(f"init message of client {client}, layer {name!r}: factors of ranks {left.shape[1]} and "
+                                 f"{right.shape[1]} differ")
+            products[name] = (left, right)
+        for name, (left, right) in products.items():  # checked first: a bad message leaves the total untouched
+            total[name].addmm_(left, right.T)
+
+    def finish(self, total: dict[str, Tensor]) -> dict[str, Tensor]:
         out = {}
-        for name, pairs in factors.items():
-            left = torch.cat([p[0] for p in pairs], dim=1)
-            right = torch.cat([p[1] for p in pairs], dim=1)
-            if self.bits < 16:  # every client rotated with the same H: undo it once for all of them
-                left = rotate_rows(left, _layer_seed(ROTATION_SEED, f"{name}.left"), inverse=True)
-                right = rotate_rows(right, _layer_seed(ROTATION_SEED, f"{name}.right"), inverse=True)
-            out[name] = update_direction(left @ right.T, self.eta)
+        for name, m in total.items():
+            if self.bits < 16:  # every client rotated with the same H_L, H_R: M = H_L^T (sum) H_R, undone once
+                m = rotate_rows(m, _layer_seed(ROTATION_SEED, f"{name}.left"), inverse=True)
+                m = rotate_rows(m.T, _layer_seed(ROTATION_SEED, f"{name}.right"), inverse=True).T
+            out[name] = update_direction(m, self.eta)
         return out
 
     def upload_bytes(self, message: Message) -> int:

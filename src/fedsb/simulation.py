@@ -213,13 +213,13 @@ class Simulator:
         rounds = self.cfg.federation.rounds
         total_updates = sum(len(fed.sample_clients(r)) for r in range(start_round, rounds + 1))
         with tqdm(total=total_updates, desc="clients", unit="client", disable=not self.progress, leave=False) as bar:
-            budget_stop = getattr(self.trainer, "budget_stop", None)  # DP: stop before overspending epsilon
+            gate = getattr(self.trainer, "round_gate", None)  # DP: stop before overspending epsilon
             for r in range(start_round, rounds + 1):
-                if budget_stop is not None:
-                    self.stop_reason = budget_stop([r])
+                if gate is not None:
+                    self.stop_reason, last = gate(r, rounds)
                     if self.stop_reason:
                         break
-                    if r < rounds and budget_stop([r, r + 1]):
+                    if last:
                         self.final_round = r  # evaluate it: it is the last round the budget allows
                 row = self.run_round(r, payload, bar)
                 payload = self._next_payload

@@ -375,13 +375,13 @@ class FedsbStrategy(Strategy):
         secagg = SecAggRunner(self, metered, context) if self.options.secagg else None
         try:
             rounds = self.cfg.federation.rounds
-            budget_stop = getattr(self.trainer, "budget_stop", None)  # DP: the simulator's stopping rule
+            gate = getattr(self.trainer, "round_gate", None)  # DP: the simulator's stopping rule
             for r in range(start_round, rounds + 1):
-                if budget_stop is not None:
-                    self.stop_reason = budget_stop([r])
+                if gate is not None:
+                    self.stop_reason, last = gate(r, rounds)
                     if self.stop_reason:
                         break
-                    if r < rounds and budget_stop([r, r + 1]):
+                    if last:
                         self.final_round = r  # evaluate it: the last round the budget allows
                 self._t_round = time.perf_counter()
                 metered.round = r

@@ -54,6 +54,12 @@ class DPTrainer:
                         f"dp.epsilon = {self.budget:g} (delta = {self.ledger.delta:.3g})")
         return None
 
+    def round_gate(self, round_idx: int, rounds: int) -> tuple[str | None, bool]:
+        """Before round ``round_idx`` of ``rounds``: (a stop message if it would overspend, whether it is the
+        last round the budget allows, so that it gets the final evaluation)."""
+        stop = self.budget_stop([round_idx])
+        return stop, stop is None and round_idx < rounds and self.budget_stop([round_idx, round_idx + 1]) is not None
+
     def epsilons(self) -> dict[str, float]:
         return {party: self.ledger.epsilon(party) for party in self.plans}
 

@@ -239,6 +239,24 @@ def test_lowrank_rejects_malformed_messages() -> None:
         LowRankInit(ETA, SHAPES, bits=3)
 
 
+def test_dense_rejects_malformed_messages_and_keeps_the_total() -> None:
+    from fedsb.init_sources import Combiner
+
+    src = DenseInit(ETA, SHAPES)
+    good = src.encode(grads(0), 4)
+    combiner = Combiner(src)
+    combiner.add(good, 4)
+    before = {k: v.clone() for k, v in combiner.total.items()}
+    name = next(iter(SHAPES))
+    for bad, match in [({**good, name: torch.full_like(good[name], float("inf"))}, "non-finite"),
+                       ({**good, name: good[name][:-1]}, "expected float32 of shape"),
+                       ({**good, name: good[name].double()}, "expected float32 of shape"),
+                       ({name: good[name]}, "missing keys")]:
+        with pytest.raises(FedsbError, match=match):
+            combiner.add(bad, 4)
+    assert all(torch.equal(combiner.total[k], before[k]) for k in before), "a rejected message must not count"
+
+
 # --- through the federation ----------------------------------------------------------------------------
 
 

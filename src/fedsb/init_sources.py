@@ -100,13 +100,19 @@ class DenseInit(InitSource):
         return {}
 
     def add(self, total: dict[str, Tensor], message: Message, num_examples: int, client: int) -> None:
-        if total and set(message) != set(total):
-            _check_keys(message, set(total), client)
+        shapes = self.shapes or {k: tuple(v.shape) for k, v in (total or message).items()}
+        _check_keys(message, set(shapes), client)
         for k, v in message.items():
+            if v.dtype != torch.float32 or tuple(v.shape) != tuple(shapes[k]):
+                raise FedsbError(f"init message of client {client}, layer {k!r}: expected float32 of shape "
+                                 f"{tuple(shapes[k])}, got {v.dtype} {tuple(v.shape)}")
+            if not bool(torch.isfinite(v).all()):
+                raise FedsbError(f"init message of client {client}, layer {k!r} has non-finite values; it is rejected")
+        for k, v in message.items():  # checked first: a bad message leaves the total untouched
             if k in total:
                 total[k].add_(v)
             else:
-                total[k] = v.to(torch.float32).clone()
+                total[k] = v.clone()
 
     def finish(self, total: dict[str, Tensor]) -> dict[str, Tensor]:
         return {k: update_direction(v, self.eta) for k, v in total.items()}

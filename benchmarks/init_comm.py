@@ -5,7 +5,7 @@ in float32, quantised ``federated-lowrank``, ``public``) on each task and seed:
 
 - subspace agreement with the dense init: mean cos^2 of the principal angles between the B (column)
   and A (row) subspaces, averaged over the adapted layers;
-- final test accuracy after the default 5 rounds (Fed-SB r=16, 3 clients);
+- final test accuracy after the run (intent: the default 5 rounds; LLM: the preset's 3 rounds);
 - one-time init upload bytes per client, and total upload bytes per client over the run (init + rounds),
   next to FedIT's (r=8, its default learning rate) total upload over the same run.
 
@@ -68,7 +68,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 # task -> config overrides ("preset": start from a fedsb preset). The NLI tasks do not leave their majority
 # class within a CPU-sized budget (measured for epistemic_reasoning: 0.63 in 2 of 3 seeds after 20 steps x
-# 5 rounds), so the second task is the LLM preset: SmolLM2-135M (210 adapted layers of 7 shapes), 2-digit
+# 5 rounds), so the second task is the LLM preset: SmolLM2-135M (210 adapted layers of 4 shapes), 2-digit
 # addition as instructions, 3 IID clients x 3 rounds x 4 steps, likelihood accuracy on 100 problems.
 TASKS: dict[str, dict[str, Any]] = {
     "intent_recognition": {},
@@ -76,6 +76,15 @@ TASKS: dict[str, dict[str, Any]] = {
     "epistemic_reasoning": {"task": {"path": str(DATA / "epistemic_reasoning" / "task.json")},
                             "train": {"local_steps": 20}},
     "presuppositions_as_nli": {"task": {"path": str(DATA / "presuppositions_as_nli" / "task.json")}},
+}
+TASK_SETUP = {
+    "intent_recognition": ("Fed-SB r=16 on all-MiniLM-L6-v2 (query/key/value/attention.output.dense of 6 layers: 24 layers "
+                           "of 384x384), 3 clients (Dirichlet 0.5), 5 rounds x 10 local steps, init from 32 examples per "
+                           "client; accuracy on 138 held-out utterances (7 intents).", 5),
+    "smollm2_2_digit_addition": ("Fed-SB r=16 on SmolLM2-135M-Instruct (all 7 projections of 30 layers: 210 layers, "
+                                 "576x576 q/o, 192x576 k/v, 1536x576 gate/up, 576x1536 down), the llm-quickstart preset: "
+                                 "3 IID clients, 3 rounds x 4 local steps (batch 8), init from 12 examples per client "
+                                 "(eta 2e-5); 7-way likelihood accuracy on 100 held-out problems (1 problem = 1 point).", 3),
 }
 DEFAULT_TASKS = ["intent_recognition", "smollm2_2_digit_addition"]
 
@@ -232,7 +241,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 agg["total_upload_bytes_per_client"] = agg["init_upload_bytes_per_client"] * (variant != "fedit-r8") + rounds[0]
                 if fedit_total:
                     agg["total_vs_fedit"] = agg["total_upload_bytes_per_client"] / fedit_total
-            agg["meets_goal"] = bool(agg.get("total_vs_fedit", 9) <= 0.2 and agg.get("acc_minus_dense", -9) >= -0.01) if variant not in ("dense", "fedit-r8") else None
+            agg["meets_goal"] = bool(agg.get("total_vs_fedit", 9) <= 0.2 and agg.get("acc_minus_dense", -9) >= -0.01 - 1e-9) if variant not in ("dense", "fedit-r8") else None
             out.append(agg)
     return out
 
@@ -250,14 +259,13 @@ def markdown(aggs: list[dict[str, Any]], info: dict[str, Any], cmd: str) -> str:
     lines = ["# Federated LoRA-SB init: agreement, accuracy and upload", "",
              f"Command: `{cmd}`", "",
              f"Machine: {info['platform']}, {info['cpu_count']} CPUs (shared), torch {info['torch']}, {info['torch_threads']} thread; {info['date']}.",
-             "Fed-SB r=16 on MiniLM (query/key/value/attention.output.dense of 6 layers: 24 layers of 384x384), 3 clients "
-             "(Dirichlet 0.5), 5 rounds x 10 local steps, init from 32 examples per client; FedIT r=8 at its default lr 3e-3. "
-             "cos^2: mean squared cosine of the principal angles to the dense init's B / A subspaces (1 = identical; the "
+             "FedIT r=8 at its default lr 3e-3. cos^2: mean squared cosine of the principal angles to the dense init's B / A subspaces (1 = identical; the "
              "dense init with an exact instead of a randomized SVD scores about 0.95). Bytes are per client, upload only, "
              "exact wire sizes. Mean (std) over seeds; acc - dense is paired by seed.", ""]
     for task in dict.fromkeys(a["task"] for a in aggs):
-        lines += [f"## {task}", "",
-                  "| init | B cos^2 | A cos^2 | accuracy | acc - dense | init upload | total upload (5 rounds) | x FedIT total | goal |",
+        setup, rounds = TASK_SETUP.get(task, ("", 5))
+        lines += [f"## {task}", "", setup, "",
+                  f"| init | B cos^2 | A cos^2 | accuracy | acc - dense | init upload | total upload ({rounds} rounds) | x FedIT total | goal |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for a in (a for a in aggs if a["task"] == task):
             def pm(key: str, scale: float = 1.0, a: dict[str, Any] = a) -> str:
@@ -307,7 +315,7 @@ def plot(aggs: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path) -> 
         top.legend(fontsize=7)
         bottom.set_title("subspace agreement with the dense init (3 seeds)")
         bottom.set_ylabel("B mean cos^2")
-        bottom.set_xlabel("total upload per client over 5 rounds / FedIT r=8's (log; dashed: 0.2)")
+        bottom.set_xlabel("total upload per client over the run / FedIT r=8's (log; dashed: 0.2)")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

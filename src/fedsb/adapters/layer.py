@@ -115,11 +115,15 @@ class AdapterLayer(nn.Module):
             self.residual.add_(inc)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.base(x)
         x32 = x.to(torch.float32)
         extra = None
-        if self.residual is not None:
-            extra = F.linear(x32, self.residual)
+        if self.residual is not None and isinstance(self.base, nn.Linear) and self.base.weight.dtype == x.dtype == torch.float32:
+            # One matmul with W0 + residual instead of two (forward and input gradient); W0 itself is untouched.
+            out = F.linear(x, self.base.weight + self.residual, self.base.bias)
+        else:
+            out = self.base(x)
+            if self.residual is not None:
+                extra = F.linear(x32, self.residual)
         if self.adapter_enabled:
             h = self.lora_A(x32)
             if self.lora_R is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,21 @@ def layer_dims(fed: Federation) -> list[LayerDims]:
 def analytic_round_params(fed: Federation, k: int) -> tuple[int, int]:
     head = sum(p.numel() for p in fed.adapted.head_parameters())
     return round_params(fed.cfg.method, fed.cfg.adapter.rank, layer_dims(fed), k, head)
+
+
+def gated_rounds(runner: Any, start_round: int, rounds: int) -> Iterator[int]:
+    """Rounds ``start_round..rounds``. Under DP (``runner.trainer.round_gate``) it stops before a round that would
+    overspend the budget (setting ``runner.stop_reason``) and marks the last round the budget allows as
+    ``runner.final_round``, so that round gets the final evaluation. Shared by the simulator and Flower."""
+    gate = getattr(runner.trainer, "round_gate", None)
+    for r in range(start_round, rounds + 1):
+        if gate is not None:
+            runner.stop_reason, last = gate(r, rounds)
+            if runner.stop_reason:
+                return
+            if last:
+                runner.final_round = r
+        yield r
 
 
 def server_step(
@@ -213,14 +228,7 @@ class Simulator:
         rounds = self.cfg.federation.rounds
         total_updates = sum(len(fed.sample_clients(r)) for r in range(start_round, rounds + 1))
         with tqdm(total=total_updates, desc="clients", unit="client", disable=not self.progress, leave=False) as bar:
-            gate = getattr(self.trainer, "round_gate", None)  # DP: stop before overspending epsilon
-            for r in range(start_round, rounds + 1):
-                if gate is not None:
-                    self.stop_reason, last = gate(r, rounds)
-                    if self.stop_reason:
-                        break
-                    if last:
-                        self.final_round = r  # evaluate it: it is the last round the budget allows
+            for r in gated_rounds(self, start_round, rounds):
                 row = self.run_round(r, payload, bar)
                 payload = self._next_payload
                 self.rows.append(row)

@@ -37,7 +37,7 @@ from fedsb.flower.records import dumps, from_record, to_record
 from fedsb.flower.wire import MeteredGrid, summarise
 from fedsb.init_sources import get_init_source
 from fedsb.methods.base import ClientUpdate, ServerState
-from fedsb.simulation import Simulator, server_step
+from fedsb.simulation import Simulator, gated_rounds, server_step
 from fedsb.validation import UpdateValidator
 
 RoundCallback = Callable[[dict[str, Any]], None]
@@ -375,14 +375,7 @@ class FedsbStrategy(Strategy):
         secagg = SecAggRunner(self, metered, context) if self.options.secagg else None
         try:
             rounds = self.cfg.federation.rounds
-            gate = getattr(self.trainer, "round_gate", None)  # DP: the simulator's stopping rule
-            for r in range(start_round, rounds + 1):
-                if gate is not None:
-                    self.stop_reason, last = gate(r, rounds)
-                    if self.stop_reason:
-                        break
-                    if last:
-                        self.final_round = r  # evaluate it: the last round the budget allows
+            for r in gated_rounds(self, start_round, rounds):  # DP: the simulator's stopping rule
                 self._t_round = time.perf_counter()
                 metered.round = r
                 extra: dict[str, Any] = {}

@@ -62,3 +62,18 @@ class FakeGrid:
             if node not in self.drop:
                 out.append(reply)
         return out
+
+
+def crash_on_train_round(grid: FakeGrid, n: int) -> None:
+    """Make ``grid`` raise KeyboardInterrupt (a killed ServerApp) when the n-th train round is sent."""
+    real, calls = grid.send_and_receive, {"train": 0}
+
+    def send_and_receive(messages, *, timeout=None):  # type: ignore[no-untyped-def]
+        messages = list(messages)
+        if messages and messages[0].metadata.message_type == "train":
+            calls["train"] += 1
+            if calls["train"] == n:
+                raise KeyboardInterrupt("ServerApp killed")
+        return real(messages, timeout=timeout)
+
+    grid.send_and_receive = send_and_receive  # type: ignore[method-assign]

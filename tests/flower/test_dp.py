@@ -20,7 +20,7 @@ from fedsb.flower.strategy import FedsbStrategy, FlowerOptions
 from fedsb.privacy import make_dp_trainer
 from fedsb.privacy.accounting import PrivacyLedger, epsilon_of
 from fedsb.simulation import Simulator
-from tests.flower.fakegrid import FakeGrid
+from tests.flower.fakegrid import FakeGrid, crash_on_train_round
 from tests.helpers import tiny_config, tiny_federation
 
 SAMPLE = {"dp": {"mode": "sample", "epsilon": 3.0}, "init": {"source": "federated"}}
@@ -120,17 +120,7 @@ def test_resume_continues_each_nodes_accountant(tmp_path) -> None:
     ref = serve(FakeGrid(client_app, 3), server_context(), tiny_config(out=str(tmp_path / "whole"), **over), FlowerOptions())
     cfg = tiny_config(out=str(tmp_path / "crashed"), **over)
     grid = FakeGrid(client_app, 3)
-    real, calls = grid.send_and_receive, {"train": 0}
-
-    def crash_in_round_3(messages, *, timeout=None):
-        messages = list(messages)
-        if messages and messages[0].metadata.message_type == "train":
-            calls["train"] += 1
-            if calls["train"] == 3:
-                raise KeyboardInterrupt("ServerApp killed")
-        return real(messages, timeout=timeout)
-
-    grid.send_and_receive = crash_in_round_3
+    crash_on_train_round(grid, 3)
     with pytest.raises(KeyboardInterrupt):
         serve(grid, server_context(), cfg, FlowerOptions())
     # fresh nodes (empty Context.state): the setup round gives each its accountant back from the checkpoint

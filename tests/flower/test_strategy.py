@@ -17,7 +17,7 @@ from fedsb.flower.clientapp import app as client_app
 from fedsb.flower.serverapp import serve
 from fedsb.flower.strategy import FedsbStrategy, FlowerOptions
 from fedsb.simulation import Simulator
-from tests.flower.fakegrid import FakeGrid
+from tests.flower.fakegrid import FakeGrid, crash_on_train_round
 from tests.helpers import tiny_config
 
 
@@ -107,18 +107,7 @@ def test_resume_after_a_server_crash(tmp_path: Path) -> None:
     ref = serve(FakeGrid(client_app, 3), server_context(), whole, FlowerOptions())
     cfg = tiny_config(method="fedex-lora", out=str(tmp_path / "crashed"), federation={"rounds": 3})
     grid = FakeGrid(client_app, 3)
-    calls = {"train": 0}
-    real = grid.send_and_receive
-
-    def crash_in_round_3(messages, *, timeout=None):
-        messages = list(messages)
-        if messages and messages[0].metadata.message_type == "train":
-            calls["train"] += 1
-            if calls["train"] == 3:
-                raise KeyboardInterrupt("ServerApp killed")
-        return real(messages, timeout=timeout)
-
-    grid.send_and_receive = crash_in_round_3
+    crash_on_train_round(grid, 3)
     with pytest.raises(KeyboardInterrupt):
         serve(grid, server_context(), cfg, FlowerOptions())
     assert (tmp_path / "crashed" / "checkpoint.safetensors").is_file()

@@ -1,6 +1,7 @@
 """Communication accounting (DESIGN.md section 4): analytical formulas and measured payload sizes.
 
-Per adapted layer ``(d_out, d_in)`` at rank ``r`` with ``k`` clients per round, per client per round:
+Each method states its own formula (``Method.layer_round_params``); per adapted layer ``(d_out, d_in)`` at
+rank ``r`` with ``k`` clients per round, per client per round, the five classic ones are:
 
 ==========  ===================  ===========================================
 method      upload               download
@@ -25,6 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from fedsb.methods import METHODS
+from fedsb.methods.base import Method
+
 WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -41,18 +45,14 @@ class LayerDims:
 
 def layer_round_params(method: str, r: int, d_out: int, d_in: int, k: int) -> tuple[int, int]:
     """(upload, download) parameters per client per round for one adapted layer (steady state)."""
-    lora = r * (d_in + d_out)
-    if method == "fed-sb":
-        return r * r, r * r
-    if method == "fedit":
-        return lora, lora
-    if method == "ffa-lora":
-        return r * d_out, r * d_out
-    if method == "fedex-lora":
-        return lora, lora + d_in * d_out
-    if method == "flora":
-        return lora, k * lora
-    raise ValueError(f"unknown method {method!r}")
+    return _method(method).layer_round_params(r, d_out, d_in, k)
+
+
+def _method(name: str) -> type[Method]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}") from None
 
 
 def round_params(method: str, r: int, layers: Iterable[LayerDims], k: int, head_params: int = 0) -> tuple[int, int]:
@@ -68,10 +68,10 @@ def round_params(method: str, r: int, layers: Iterable[LayerDims], k: int, head_
 def one_time_params(method: str, r: int, layers: Iterable[LayerDims], init_upload_per_layer: str = "dense") -> dict[str, int]:
     """One-time parameters per client: Fed-SB's B/A broadcast and its init-gradient upload."""
     layers = list(layers)
-    if method != "fed-sb":
-        return {"download": 0, "upload": 0}
-    down = sum(r * (d.d_in + d.d_out) for d in layers)
-    up = sum(d.d_in * d.d_out for d in layers) if init_upload_per_layer == "dense" else 0
+    cls = _method(method)
+    down = sum(cls.layer_one_time_download(r, d.d_out, d.d_in) for d in layers)
+    dense = cls.gradient_init and init_upload_per_layer == "dense"
+    up = sum(d.d_in * d.d_out for d in layers) if dense else 0
     return {"download": down, "upload": up}
 
 

@@ -11,10 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from fedsb.methods import METHODS  # noqa: E402
 from fedsb.rundir import atomic_write_bytes  # noqa: E402
-
-MARKERS = {"fed-sb": "o", "fedit": "s", "ffa-lora": "^", "fedex-lora": "D", "flora": "v"}
-COLORS = {"fed-sb": "tab:red", "fedit": "tab:blue", "ffa-lora": "tab:green", "fedex-lora": "tab:purple", "flora": "tab:orange"}
 
 
 def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -27,8 +25,8 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         xs = [r["upload_params"] + r["download_params"] for r in pts]
         ys = [r["accuracy_mean"] for r in pts]
         es = [r["accuracy_std"] for r in pts]
-        color = COLORS.get(m)
-        ax.errorbar(xs, ys, yerr=es, fmt=MARKERS.get(m, "o") + ("-" if len(pts) > 1 else ""), color=color,
+        marker, color = METHODS[m].plot_style if m in METHODS else ("o", None)
+        ax.errorbar(xs, ys, yerr=es, fmt=marker + ("-" if len(pts) > 1 else ""), color=color,
                     capsize=3, markersize=7, label=m, alpha=0.9)
         for x, y, r in zip(xs, ys, pts, strict=True):
             ax.annotate(f"r={r['rank']}", (x, y), textcoords="offset points", xytext=(6, -12), fontsize=8, color=color)

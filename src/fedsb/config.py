@@ -88,7 +88,7 @@ class TrainConfig:
     local_steps: int = 10  # optimizer steps per client per round (ignored when local_epochs is set)
     local_epochs: float | None = None
     batch_size: int = 16
-    lr: float | None = None  # None = method/rank default (see fedsb.training.default_lr)
+    lr: float | None = None  # None = method/rank default (see Method.default_lr)
     head_lr: float | None = None  # None = same as lr for LoRA methods, 3e-3 for fed-sb
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1  # of all planned steps (rounds x local steps)

@@ -24,7 +24,7 @@ from fedsb.objectives.base import Objective
 from fedsb.partition import partition_indices
 from fedsb.tasks import load_task
 from fedsb.tasks.base import Example, TaskData
-from fedsb.training import Schedule, batch_stream, default_lr
+from fedsb.training import Schedule, batch_stream
 
 
 @dataclass
@@ -41,13 +41,13 @@ class Federation:
 
     @property
     def lr(self) -> float:
-        return self.cfg.train.lr or default_lr(self.cfg.method, self.cfg.adapter.rank)
+        return self.cfg.train.lr or get_method(self.cfg.method).default_lr(self.cfg.adapter.rank)
 
     @property
     def head_lr(self) -> float:
         if self.cfg.train.head_lr is not None:
             return self.cfg.train.head_lr
-        return 3e-3 if self.cfg.method == "fed-sb" else self.lr
+        return get_method(self.cfg.method).default_head_lr(self.lr)
 
     def local_steps(self, client: int) -> int:
         if self.cfg.train.local_epochs:
@@ -134,7 +134,7 @@ def assemble_federation(cfg: RunConfig, loaded: LoadedModel, task: TaskData) -> 
     method = method_cls(scaling=scaling, weighting=cfg.federation.weighting, seed=cfg.seed)  # type: ignore[arg-type]
     objective = make_objective(cfg, loaded, task, device)
     pool, public = list(task.train), []
-    if cfg.init.source == "public" and not cfg.init.public_path and method_cls.adapter_mode == "lora-sb":
+    if cfg.init.source == "public" and not cfg.init.public_path and method_cls.gradient_init:
         # With no public data set given, the server holds out a slice of the training pool that no client
         # gets (never the test split, which would leak evaluation data into the init).
         n_pub = min(cfg.init.samples, max(1, len(pool) // 10))
@@ -193,7 +193,7 @@ def initialise_adapters(fed: Federation, client_messages: Iterable[tuple[dict[st
     public data (``public``) into ``dW``, then SVD into B, A, R0. LoRA methods: seeded standard init.
     """
     cfg = fed.cfg
-    if fed.method.adapter_mode != "lora-sb":
+    if not fed.method.gradient_init:
         fed.adapted.init_lora(cfg.seed)
         return {"upload_bytes": 0, "upload_params": 0}
     source = init_source_for(cfg.init, cfg.adapter.rank, layer_shapes(fed), cfg.seed)

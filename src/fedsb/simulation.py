@@ -104,7 +104,7 @@ def analytic_one_time(fed: Federation) -> dict[str, int]:
     """One-time costs per client from the formulas: B/A broadcast and the configured init source's upload."""
     cfg = fed.cfg
     down = one_time_params(cfg.method, cfg.adapter.rank, layer_dims(fed))["download"]
-    if fed.method.adapter_mode != "lora-sb":
+    if not fed.method.gradient_init:
         return {"download_params": down, "upload_params": 0, "upload_bytes": 0}
     from fedsb.federation import layer_shapes
     from fedsb.init_sources import default_lowrank_rank, expected_upload

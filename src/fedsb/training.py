@@ -13,16 +13,6 @@ from fedsb.objectives.base import Objective
 from fedsb.tasks.base import Example
 
 
-def default_lr(method: str, rank: int) -> float:
-    """Calibrated on the embedded task (DESIGN.md section 8). Only R trains in Fed-SB, so it takes a larger
-    rate than LoRA; above r = 16 the rate shrinks with the rank (r = 32 at 3e-2 can collapse)."""
-    if method == "fed-sb":
-        return 3e-2 * min(1.0, 16 / rank)
-    if method == "ffa-lora":
-        return 1e-2
-    return 3e-3
-
-
 @dataclass
 class Schedule:
     """Learning-rate multiplier by global step: linear warm-up, then cosine/linear decay or constant."""

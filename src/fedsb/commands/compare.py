@@ -53,7 +53,6 @@ DEFAULT_METHODS = tuple(METHODS)
 DEFAULT_FEDSB_RANKS = (4, 8, 16)
 DEFAULT_LORA_RANK = 8
 DEFAULT_SEEDS = 3
-JOB_COST = {"fedex-lora": 3, "flora": 3, "fed-sb": 2}  # relative run time on the default task (measured)
 # Keys compare sets itself: a plain override would be silently replaced, so refuse it with the right flag.
 REPLACED_KEYS = {"method": "--methods", "rank": "--fedsb-ranks / --lora-rank", "adapter.rank": "--fedsb-ranks / --lora-rank"}
 
@@ -72,7 +71,7 @@ class CompareSpec:
         """(method, rank) pairs in table order."""
         out: list[tuple[str, int]] = []
         for m in self.methods:
-            out += [(m, r) for r in self.fedsb_ranks] if m == "fed-sb" else [(m, self.lora_rank)]
+            out += [(m, r) for r in self.fedsb_ranks] if METHODS[m].core_rank else [(m, self.lora_rank)]
         return out
 
 
@@ -452,7 +451,7 @@ def compare(
     order = {(m, r, s): i for i, m, r, s, _ in jobs}
     # Longest runs first (the methods with a dense residual, then Fed-SB's init), so that the last runs to
     # finish are short ones and no worker idles long at the end; results are reported in table order.
-    jobs.sort(key=lambda j: -JOB_COST.get(j[1], 1))
+    jobs.sort(key=lambda j: -METHODS[j[1]].relative_cost)
     results: list[RunResult] = []
     t_start, cpu_start = time.perf_counter(), cpu_seconds()
     bar = tqdm(total=n_runs, desc="compare", unit="run", disable=not progress)

@@ -73,7 +73,7 @@ def federation_for(cfg: RunConfig) -> tuple[Federation, dict[str, Tensor]]:
     if key not in _CACHE:
         torch.set_num_threads(cfg.train.threads or 1)
         fed = build_federation(cfg)
-        if fed.method.adapter_mode != "lora-sb":
+        if not fed.method.gradient_init:
             fed.adapted.init_lora(cfg.seed)  # the server's seeded init: FFA's frozen A is never sent
         _CACHE.clear()  # one model per process at a time
         _DP.clear()

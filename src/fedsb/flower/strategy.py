@@ -141,7 +141,7 @@ class FedsbStrategy(Strategy):
         grid.phase, grid.round = "setup", 0
         nodes = self.wait_for_nodes(grid)
         source = get_init_source(cfg.init.source, cfg.init.eta)
-        want_init = fed.method.adapter_mode == "lora-sb" and source.federated and not resume
+        want_init = fed.method.gradient_init and source.federated and not resume
         cfg_json = self._fed_config()
         setup_cfg: dict[str, Any] = {"fedsb-config": cfg_json, "wire-dtype": self.options.wire_dtype, "want-init": want_init}
         if resume and self.trainer is not None and self.trainer.mode == "sample":  # nodes restart from the checkpoint

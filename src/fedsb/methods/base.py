@@ -86,8 +86,38 @@ class Method(ABC):
     adapter_mode: ClassVar[AdapterMode]
     exact: ClassVar[bool]
     summary: ClassVar[str]
-    #: Uploads are only ever summed (no products of client tensors): secure aggregation applies.
+    #: Uploads are only ever summed (no products of client tensors): secure aggregation and client-level DP apply.
     additive: ClassVar[bool] = False
+    #: The adapters start from the gradient-based LoRA-SB init (a setup round that may read client data).
+    gradient_init: ClassVar[bool] = False
+    #: ``fedsb compare`` sweeps this method over ``--fedsb-ranks`` (its rank is r of an r x r core), else ``--lora-rank``.
+    core_rank: ClassVar[bool] = False
+    #: Marker and colour in the ``fedsb compare`` plot.
+    plot_style: ClassVar[tuple[str, str]] = ("o", "tab:gray")
+    #: Relative run time on the default task, so ``fedsb compare`` starts the longest runs first (measured).
+    relative_cost: ClassVar[int] = 1
+
+    # --- what the method knows about itself (used by the accounting, the CLI and the plots) ----------------
+    @classmethod
+    @abstractmethod
+    def layer_round_params(cls, r: int, d_out: int, d_in: int, k: int) -> tuple[int, int]:
+        """(upload, download) parameters per client per round for one adapted ``d_out x d_in`` layer at rank
+        ``r`` with ``k`` clients per round (steady state; a task head is counted by the caller)."""
+
+    @classmethod
+    def layer_one_time_download(cls, r: int, d_out: int, d_in: int) -> int:
+        """Parameters broadcast once at setup for one layer (Fed-SB's B and A). Default: none."""
+        return 0
+
+    @classmethod
+    def default_lr(cls, rank: int) -> float:
+        """Learning rate of the trained adapter tensors when ``train.lr`` is unset (calibrated on the default task)."""
+        return 3e-3
+
+    @classmethod
+    def default_head_lr(cls, lr: float) -> float:
+        """Learning rate of a task head when ``train.head_lr`` is unset. Default: the adapter's."""
+        return lr
 
     def __init__(self, scaling: float, weighting: Weighting = "examples", seed: int = 0) -> None:
         self.scaling = float(scaling)

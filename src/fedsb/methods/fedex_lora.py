@@ -25,6 +25,12 @@ class FedExLoRA(Method):
     adapter_mode = "lora"
     exact = True
     summary = "FedAvg of LoRA + exact residual folded into the base weight (dense d_in*d_out download)"
+    plot_style = ("D", "tab:purple")
+    relative_cost = 3
+
+    @classmethod
+    def layer_round_params(cls, r: int, d_out: int, d_in: int, k: int) -> tuple[int, int]:
+        return r * (d_in + d_out), r * (d_in + d_out) + d_in * d_out  # the residual travels densely
 
     def aggregate(self, state: ServerState, updates: list[ClientUpdate]) -> ServerState:
         p = self.weights(updates)

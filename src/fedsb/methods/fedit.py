@@ -17,6 +17,11 @@ class FedIT(Method):
     exact = False
     additive = True
     summary = "FedAvg of LoRA: average A and B separately (inexact: mean(B)mean(A) != mean(BA))"
+    plot_style = ("s", "tab:blue")
+
+    @classmethod
+    def layer_round_params(cls, r: int, d_out: int, d_in: int, k: int) -> tuple[int, int]:
+        return r * (d_in + d_out), r * (d_in + d_out)
 
     def aggregate(self, state: ServerState, updates: list[ClientUpdate]) -> ServerState:
         mean = weighted_mean(updates, list(state.adapter), self.weights(updates))

@@ -17,6 +17,15 @@ class FFALoRA(Method):
     exact = True
     additive = True
     summary = "Freeze-A LoRA: A random from a shared seed, train and average B (exact, r*d_out per layer)"
+    plot_style = ("^", "tab:green")
+
+    @classmethod
+    def layer_round_params(cls, r: int, d_out: int, d_in: int, k: int) -> tuple[int, int]:
+        return r * d_out, r * d_out
+
+    @classmethod
+    def default_lr(cls, rank: int) -> float:
+        return 1e-2  # only B trains
 
     def aggregate(self, state: ServerState, updates: list[ClientUpdate]) -> ServerState:
         mean = weighted_mean(updates, list(state.adapter), self.weights(updates))

@@ -22,6 +22,12 @@ class FLoRA(Method):
     adapter_mode = "lora"
     exact = True
     summary = "Stack client LoRA factors; clients merge the stack and restart (exact, download grows with k)"
+    plot_style = ("v", "tab:orange")
+    relative_cost = 3
+
+    @classmethod
+    def layer_round_params(cls, r: int, d_out: int, d_in: int, k: int) -> tuple[int, int]:
+        return r * (d_in + d_out), k * r * (d_in + d_out)  # every client receives the whole stack
 
     def broadcast_names(self, adapted: AdaptedModel) -> list[str]:
         # The fresh adapter is derived from the shared seed; only the head (if any) is broadcast as state.

@@ -32,13 +32,17 @@ from torch import Tensor
 
 from fedsb.errors import UsageError
 from fedsb.federation import Federation, client_init_message
+from fedsb.methods import METHODS
 from fedsb.methods.base import ClientUpdate, ServerState
 from fedsb.privacy.accounting import PrivacyLedger, solve_noise_multiplier
 from fedsb.privacy.init_dp import clip_total
 from fedsb.privacy.plan import ClientPlan, check_init_source, private_init_needed, resolve_delta
 from fedsb.privacy.trainer_base import DPTrainer
 
-CLIENT_DP_METHODS = ("fed-sb", "ffa-lora", "fedit")
+
+def client_dp_methods() -> list[str]:
+    """The methods whose aggregate is a mean of the uploads (``Method.additive``)."""
+    return [name for name, cls in METHODS.items() if cls.additive]
 PARTY = "clients"
 
 
@@ -82,9 +86,9 @@ class ClientLevelDP(DPTrainer):
 
     def __init__(self, fed: Federation) -> None:
         cfg = fed.cfg
-        if cfg.method not in CLIENT_DP_METHODS:
+        if not fed.method.additive:
             raise UsageError(
-                f"dp.mode = client needs a method whose aggregate is a mean of uploads ({', '.join(CLIENT_DP_METHODS)}); "
+                f"dp.mode = client needs a method whose aggregate is a mean of uploads ({', '.join(client_dp_methods())}); "
                 f"{cfg.method} releases per-client products or factors: use dp.mode = sample"
             )
         k = len(fed.shards)

@@ -21,7 +21,7 @@ def participation(fed: Federation, rounds: int) -> dict[int, list[int]]:
 
 def private_init_needed(cfg: RunConfig, fed: Federation) -> bool:
     """True when the LoRA-SB init would read clients' private data (adapter mode lora-sb, federated source)."""
-    return fed.method.adapter_mode == "lora-sb" and INIT_SOURCES[cfg.init.source].federated
+    return fed.method.gradient_init and INIT_SOURCES[cfg.init.source].federated
 
 
 def check_init_source(cfg: RunConfig) -> None:

@@ -1,4 +1,9 @@
-"""The objective interface: collate examples, compute a mean loss, evaluate a model."""
+"""The objective interface: collate examples, compute a mean loss, evaluate a model.
+
+Two losses: ``loss`` is what non-private training minimises (each objective's own batch reduction, kept
+as it always was), ``dp_loss`` is what DP-SGD differentiates: the mean over examples of per-example losses,
+so that each example's per-sample gradient depends on that example alone and clipping bounds sensitivity.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,18 @@ class Objective(ABC):
     @abstractmethod
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
         """Mean loss of a batch (a scalar that requires grad)."""
+
+    @abstractmethod
+    def example_losses(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
+        """One loss per example, shape ``(batch,)``; example i's entry depends on example i alone."""
+
+    def dp_loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
+        """Mean over the batch of :meth:`example_losses`: the loss DP-SGD differentiates.
+
+        Used with Opacus ``loss_reduction="mean"``, which multiplies per-sample gradients by the batch size,
+        so example i's per-sample gradient is the gradient of its own loss, whatever its batch-mates.
+        """
+        return self.example_losses(model, batch).mean()
 
     @abstractmethod
     def evaluate(self, model: nn.Module, examples: list[Example], batch_size: int, progress: bool = False) -> dict[str, float]:

@@ -5,6 +5,10 @@ the boundary (and the loss mask) is exact and identical at training and evaluati
 *left*-padded with explicit position ids, so the responses end together at the right edge: the loss only
 needs the logits of the last few positions (``logits_to_keep``), and generation can start right away.
 
+Training losses: ``loss`` (non-private) averages over every response token of the batch; ``dp_loss``
+(DP-SGD) averages each example over its own response tokens, then over examples, so one example's gradient
+does not depend on its batch-mates' lengths or the batch size.
+
 Evaluation (``eval.mode``):
 - ``likelihood``: for each candidate answer, the sum of the log-probabilities of its tokens (EOS included,
   so a candidate that is a prefix of another, "10" vs "109", is not favoured); the prompt runs once and
@@ -150,9 +154,17 @@ class CausalLMObjective(Objective):
         return logp * valid, valid
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
-        """Mean negative log-likelihood per response token (EOS included)."""
+        """Mean negative log-likelihood per response token of the batch (EOS included): non-private training.
+
+        Not for DP: example i's share of this mean depends on its batch-mates' token counts (see :meth:`dp_loss`).
+        """
         logp, valid = self.token_logprobs(model, batch)
         return -logp.sum() / valid.sum().clamp(min=1)
+
+    def example_losses(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
+        """Each example's mean negative log-likelihood over its own response tokens (EOS included)."""
+        logp, valid = self.token_logprobs(model, batch)
+        return -logp.sum(-1) / valid.sum(-1).clamp(min=1)
 
     # --- evaluation --------------------------------------------------------------------------------------
     def mode_for(self, examples: list[Example]) -> str:

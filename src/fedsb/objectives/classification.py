@@ -36,6 +36,13 @@ class ClassificationObjective(Objective):
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
         return F.cross_entropy(self.logits(model, batch), batch["labels"])
 
+    def example_losses(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
+        return F.cross_entropy(self.logits(model, batch), batch["labels"], reduction="none")
+
+    def dp_loss(self, model: nn.Module, batch: dict[str, Any]) -> Tensor:
+        # Cross-entropy is already a mean of per-example losses; the same call keeps DP runs bit for bit.
+        return self.loss(model, batch)
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, examples: list[Example], batch_size: int, progress: bool = False) -> dict[str, float]:
         was_training = model.training

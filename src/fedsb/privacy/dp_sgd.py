@@ -5,7 +5,9 @@ Each step draws a Poisson batch (every local example joins independently with pr
 of the trainable tensors only (the adapters are plain ``nn.Linear`` so its built-in samplers apply; frozen
 base layers get no hooks), and :class:`~opacus.optimizers.DPOptimizer` clips each example's gradient to
 ``max_grad_norm``, adds Gaussian noise of std ``noise_multiplier * max_grad_norm`` and divides by the
-expected batch size before the wrapped AdamW step.
+expected batch size before the wrapped AdamW step. The loss is the objective's ``dp_loss`` (mean over
+examples of per-example losses) with ``loss_reduction="mean"`` throughout, so each per-sample gradient is
+that example's own gradient: a causal LM's batch-wide token mean would make it depend on the batch-mates.
 
 All virtual clients share one base model, so the wrapper is attached for one client's round and removed
 afterwards (:func:`grad_sampler`), leaving no hooks or Opacus attributes behind.
@@ -92,7 +94,9 @@ def dp_local_train(
             idx = poisson_batch(n, q, generator)
             dp_opt.zero_grad(set_to_none=True)
             if idx:
-                loss = objective.loss(gsm, objective.collate([examples[i] for i in idx]))
+                # Per-example losses averaged over the batch; Opacus' "mean" reduction multiplies grad samples
+                # by the batch size, so each is the gradient of that example's own loss (bounded sensitivity).
+                loss = objective.dp_loss(gsm, objective.collate([examples[i] for i in idx]))
                 loss.backward()
                 total += loss.item()
                 counted += 1

@@ -65,7 +65,8 @@ def private_gradient_sums(
     else:
         sums = {n: torch.zeros(s, dtype=torch.float32) for n, s in shapes.items()}
         for ex in examples:
-            g, _ = gradient_sums(adapted, [objective.collate([ex])], objective.loss, objective.batch_size)
+            # One example per pass, its per-example loss (mean over its own response tokens for a causal LM).
+            g, _ = gradient_sums(adapted, [objective.collate([ex])], objective.dp_loss, objective.batch_size)
             norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in g.values()))
             factor = min(1.0, max_grad_norm / (norm + 1e-12))
             for n, t in g.items():

@@ -21,8 +21,13 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over ``path``."""
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over ``path``.
+
+    ``mode`` (e.g. ``0o600`` for private keys) is set on the temp file before the rename; the temp file is
+    created 0600 by ``mkstemp``, so a secret is never readable by others, not even for a moment. Without
+    ``mode`` the file gets the usual ``0666 & ~umask``.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -30,7 +35,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should get the usual permissions
+        os.chmod(tmp, (0o666 & ~_UMASK) if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

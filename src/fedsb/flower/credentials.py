@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +42,8 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _write_secret(path: Path, data: bytes) -> None:
-    atomic_write_bytes(path, data)
-    os.chmod(path, 0o600)  # private keys: owner only (OpenSSH refuses group-readable keys too)
+    # Private keys: owner only from the first byte, temp file included (OpenSSH also refuses group-readable keys).
+    atomic_write_bytes(path, data, mode=0o600)
 
 
 def make_credentials(directory: str | Path, supernodes: int, days: int = 7) -> Credentials:

@@ -8,18 +8,17 @@ rank (PEFT ``rank_pattern``); the merged export is exact for every method.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+from peft import LoraConfig
 from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
 from fedsb.adapters.model import AdaptedModel
-from fedsb.rundir import atomic_write_text
 
 PEFT_PREFIX = "base_model.model."
 
@@ -58,27 +57,25 @@ def export_peft(adapted: AdaptedModel, out_dir: str | Path, base_model: str, tas
         for p, t in module.named_parameters():
             tensors[f"{PEFT_PREFIX}{hname}.{p}"] = t.detach().float().contiguous()
     fan_in_fan_out = any(isinstance(layer.base, Conv1D) for layer in adapted.layers.values())
-    config = {
-        "peft_type": "LORA",
-        "task_type": task_type,
-        "base_model_name_or_path": base_model,
-        "r": adapted.rank,
+    config = LoraConfig(
+        task_type=task_type,
+        base_model_name_or_path=base_model,
+        r=adapted.rank,
         # Every exported B' already carries the scaling, so PEFT's scaling alpha / r must be 1.
-        "lora_alpha": adapted.rank,
-        "rank_pattern": {n: k for n, k in ranks.items()},
-        "alpha_pattern": {n: k for n, k in ranks.items()},
-        "target_modules": sorted(adapted.layers),
-        "modules_to_save": sorted(adapted.head_modules) or None,
-        "lora_dropout": 0.0,
-        "bias": "none",
-        "fan_in_fan_out": fan_in_fan_out,
-        "inference_mode": True,
-        "init_lora_weights": True,
-    }
+        lora_alpha=adapted.rank,
+        rank_pattern=dict(ranks),
+        alpha_pattern=dict(ranks),
+        target_modules=sorted(adapted.layers),
+        modules_to_save=sorted(adapted.head_modules) or None,
+        lora_dropout=0.0,
+        bias="none",
+        fan_in_fan_out=fan_in_fan_out,
+        inference_mode=True,
+    )
     tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=f".{out.name}."))
     try:
         save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-        atomic_write_text(tmp / "adapter_config.json", json.dumps(config, indent=2) + "\n")
+        config.save_pretrained(str(tmp))  # PEFT's own adapter_config.json
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

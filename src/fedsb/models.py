@@ -26,19 +26,22 @@ from transformers import (
     LlamaConfig,
     PreTrainedTokenizerBase,
 )
+from transformers.pytorch_utils import Conv1D
 
 from fedsb.errors import FedsbError
 
 ModelKind = Literal["classification", "causal-lm"]
 
-# Per architecture family: (targets, head for classification).
-DEFAULT_TARGETS: dict[str, tuple[list[str], list[str]]] = {
-    "bert": (["query", "value"], ["classifier"]),
-    "llama": (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], ["score"]),
-    "mistral": (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], ["score"]),
-    "gemma2": (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], ["score"]),
-    "qwen2": (["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], ["score"]),
-    "gpt2": (["c_attn", "c_proj"], ["score"]),
+# Targets fedsb calibrated per architecture family (DESIGN: every linear projection of an LLM; query/value
+# for BERT-like encoders). Other families fall back to PEFT's per-architecture mapping (encoders) or to every
+# linear layer of the decoder blocks (causal LMs); see :func:`default_targets`.
+CALIBRATED_TARGETS: dict[str, list[str]] = {
+    "bert": ["query", "value"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "gemma2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "gpt2": ["c_attn", "c_proj"],
 }
 # The embedded default adapts all attention projections (the calibration in DESIGN.md section 8).
 MINILM_TARGETS = ["query", "key", "value", "attention.output.dense"]
@@ -140,9 +143,39 @@ def load_model(name: str, kind: ModelKind, num_labels: int = 2, dtype: str = "fl
         tok.pad_token = tok.eos_token or tok.unk_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
-    targets, head = DEFAULT_TARGETS.get(family, (["q_proj", "v_proj"], ["score"]))
-    if name == "minilm":
-        targets = MINILM_TARGETS
-    if kind == "causal-lm":
-        head = []
+    head = [] if kind == "causal-lm" else default_head(model)
+    targets = MINILM_TARGETS if name == "minilm" else default_targets(model, family, kind, head)
     return LoadedModel(model, tok, family, kind, list(targets), list(head), source)
+
+
+def _base(model: nn.Module) -> nn.Module:
+    """The backbone of a task model (``model.bert``, ``model.model``...), or the model itself."""
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    return base if isinstance(base, nn.Module) else model
+
+
+def default_head(model: nn.Module) -> list[str]:
+    """The trainable task head of a classification model: its top-level children with parameters, other than
+    the backbone (``classifier`` for BERT and RoBERTa, ``pre_classifier`` + ``classifier`` for DistilBERT,
+    ``pooler`` + ``classifier`` for DeBERTa-v2, ``score`` for decoder LLMs)."""
+    base = _base(model)
+    return [n for n, m in model.named_children() if m is not base and any(True for _ in m.parameters())]
+
+
+def default_targets(model: nn.Module, family: str, kind: ModelKind, head: list[str]) -> list[str]:
+    """Default adapted layers (suffixes of module names) for an architecture family.
+
+    Calibrated families use :data:`CALIBRATED_TARGETS`. Otherwise a causal LM adapts every linear layer of its
+    backbone (the LoRA-SB setting: all projections), and an encoder takes PEFT's own per-architecture mapping;
+    a family PEFT does not know adapts every linear layer of the backbone.
+    """
+    if family in CALIBRATED_TARGETS:
+        return list(CALIBRATED_TARGETS[family])
+    if kind == "classification":
+        from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+        mapped = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(family)
+        if mapped:
+            return list(mapped)
+    base = _base(model)
+    return sorted({n.rsplit(".", 1)[-1] for n, m in base.named_modules() if isinstance(m, (nn.Linear, Conv1D))})

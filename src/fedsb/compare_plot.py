@@ -6,19 +6,19 @@ import io
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+# A bare Figure renders with the Agg canvas without pyplot, so importing fedsb never changes the
+# user's matplotlib backend (e.g. in a notebook).
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from fedsb.methods import METHODS  # noqa: E402
-from fedsb.rundir import atomic_write_bytes  # noqa: E402
+from fedsb.methods import METHODS
+from fedsb.rundir import atomic_write_bytes
 
 
 def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """One marker per (method, rank) at (upload + download params per client per round, mean accuracy),
     error bars = std over seeds, log x axis; a method's ranks are joined by a line."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig = Figure(figsize=(7.5, 4.8))
+    ax = fig.subplots()
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for m in methods:
         pts = sorted((r for r in rows if r["method"] == m), key=lambda r: r["upload_params"] + r["download_params"])
@@ -40,5 +40,4 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())

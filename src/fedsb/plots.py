@@ -6,17 +6,17 @@ import io
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+# A bare Figure renders with the Agg canvas without pyplot, so importing fedsb never changes the
+# user's matplotlib backend (e.g. in a notebook).
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from fedsb.rundir import atomic_write_bytes  # noqa: E402
+from fedsb.rundir import atomic_write_bytes
 
 
 def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """Test accuracy and loss (and mean client training loss) per round."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax1, ax2 = fig.subplots(1, 2)
     ev = [r for r in rows if r.get("accuracy") is not None]
     ax1.plot([r["round"] for r in ev], [r["accuracy"] for r in ev], "o-", label="test accuracy")
     ax1.set_xlabel("round")
@@ -36,5 +36,4 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())

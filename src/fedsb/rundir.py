@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from fedsb.errors import UsageError
 
 
@@ -51,23 +53,12 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def to_toml(data: dict[str, Any]) -> str:
-    """Serialise a resolved config (scalars, lists, one level of tables) as TOML; None values are omitted."""
+    """Serialise a resolved config as TOML (tomli-w); None values, which TOML cannot hold, are omitted."""
 
-    def val(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(val(x) for x in v) + "]"
-        return json.dumps(str(v))
+    def drop_none(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: drop_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
 
-    top = [f"{k} = {val(v)}" for k, v in data.items() if not isinstance(v, dict) and v is not None]
-    lines = top[:]
-    for k, v in data.items():
-        if isinstance(v, dict):
-            lines += ["", f"[{k}]"] + [f"{kk} = {val(vv)}" for kk, vv in v.items() if vv is not None]
-    return "\n".join(lines) + "\n"
+    return tomli_w.dumps(drop_none(data))
 
 
 class RunDir:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from fedsb.errors import FedsbError
 from fedsb.flower.credentials import Credentials, make_credentials
 from fedsb.flower.simulate import QUIET_ENV
@@ -46,11 +48,8 @@ def free_ports(n: int) -> list[int]:
 
 
 def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """One TOML value (for ``flwr run --run-config k=v``), written by tomli-w like every other TOML fedsb writes."""
+    return tomli_w.dumps({"v": v if isinstance(v, (bool, int, float)) else str(v)}).partition(" = ")[2].strip()
 
 
 def write_app(app_dir: str | Path, config: dict[str, Any] | None = None) -> Path:
@@ -73,9 +72,7 @@ def write_app(app_dir: str | Path, config: dict[str, Any] | None = None) -> Path
         "[tool.hatch.build.targets.wheel]", 'packages = ["."]', "",
         "[tool.flwr.app]", 'publisher = "fedsb"', "",
         "[tool.flwr.app.components]", 'serverapp = "fedsb.flower.serverapp:app"', 'clientapp = "fedsb.flower.clientapp:app"', "",
-        "[tool.flwr.app.config]",
-        *[f'"{k}" = {toml_value(v)}' for k, v in cfg.items() if v is not None],
-        "",
+        tomli_w.dumps({"tool": {"flwr": {"app": {"config": {k: v for k, v in cfg.items() if v is not None}}}}}),
     ]
     (app_dir / "pyproject.toml").write_text("\n".join(lines), encoding="utf-8")
     return app_dir

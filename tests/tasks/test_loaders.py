@@ -10,8 +10,8 @@ import pytest
 from fedsb.config import TaskConfig
 from fedsb.errors import FedsbError
 from fedsb.tasks import load_task
+from fedsb.tasks.loader import load_eval_examples
 from fedsb.tasks.records import read_records
-from fedsb.tasks.registry_extra import load_eval_examples
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

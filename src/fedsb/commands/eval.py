@@ -95,7 +95,7 @@ def expand_tasks(specs: list[str]) -> list[str]:
 
 def task_examples(spec: str, fmt: str, kind: str, max_examples: int | None, seed: int) -> tuple[str, list[Example]]:
     from fedsb.tasks import BUILTIN_TASKS
-    from fedsb.tasks.registry_extra import load_eval_examples
+    from fedsb.tasks.loader import load_eval_examples
 
     is_path = Path(spec).exists() or spec.endswith((".json", ".jsonl")) or spec.startswith((".", "/", "~"))
     cfg = TaskConfig(name=spec if not is_path else Path(spec).stem, path=spec if is_path else None, format=fmt)

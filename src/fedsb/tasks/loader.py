@@ -1,4 +1,7 @@
-"""Causal-LM and non-BIG-bench task loading: local files/directories or Hugging Face datasets.
+"""Task loading: builtin tasks, local files/directories or Hugging Face datasets.
+
+:func:`load_task` is the entry point. A BIG-bench multiple-choice file for a classifier is read directly;
+everything else (causal LMs, other formats) goes through :func:`load`.
 
 ``task.path`` may be a file (JSON list or JSONL; BIG-bench ``task.json``) or a directory holding
 ``train.json[l]`` and/or ``test.json[l]`` (or ``validation``/``dev``). Without ``task.path``, ``task.name``
@@ -17,8 +20,14 @@ from typing import Any
 
 from fedsb.config import TaskConfig
 from fedsb.errors import FedsbError
+from fedsb.tasks import commonsense, generic, math_tasks, nli
 from fedsb.tasks.base import Example, TaskData, TaskKind
+from fedsb.tasks.bigbench import read_bigbench
+from fedsb.tasks.bigbench_instruct import read_bigbench_instructions
+from fedsb.tasks.builtin import BUILTIN_TASKS, builtin_path
+from fedsb.tasks.nli import NLI_LABELS
 from fedsb.tasks.records import Record, hub_records, read_records, split_files
+from fedsb.tasks.split import split_train_test
 
 # alias -> (hub id, config, format, test split)
 HUB_ALIASES: dict[str, tuple[str, str | None, str, str]] = {
@@ -58,8 +67,6 @@ def detect_format(record: dict[str, Any], cfg: TaskConfig, where: str) -> str:
 
 
 def converter(fmt: str, cfg: TaskConfig, kind: TaskKind) -> Callable[[dict[str, Any], str], Example | None]:
-    from fedsb.tasks import commonsense, generic, math_tasks, nli
-
     if kind == "classification" and fmt != "nli":
         raise FedsbError(f"format {fmt!r} is instruction data for a causal LM; a classifier needs nli or a BIG-bench "
                          "multiple-choice task (or set model.kind = 'causal-lm')")
@@ -78,8 +85,6 @@ def converter(fmt: str, cfg: TaskConfig, kind: TaskKind) -> Callable[[dict[str, 
 
 def gather(cfg: TaskConfig) -> Splits:
     """Raw train/test records (either may be empty) from ``task.path``, a builtin, or the hub."""
-    from fedsb.tasks import BUILTIN_TASKS, builtin_path
-
     if cfg.path is None and cfg.name in BUILTIN_TASKS:
         return Splits(cfg.name, [], [], bigbench=builtin_path(cfg.name))
     if cfg.path is None:
@@ -126,14 +131,10 @@ def convert_records(records: list[Record], cfg: TaskConfig, kind: TaskKind) -> l
 
 def load(cfg: TaskConfig, kind: TaskKind, seed: int) -> TaskData:
     """Train and test examples; a missing split is carved out of the other (``task.test_fraction``)."""
-    from fedsb.tasks import split_train_test
-
     splits = gather(cfg)
     if splits.bigbench is not None:
         if kind == "classification":
             raise FedsbError(f"{splits.bigbench}: BIG-bench files for a classifier are read by the core loader; set task.format = 'bigbench'")
-        from fedsb.tasks.bigbench_instruct import read_bigbench_instructions
-
         examples, labels = read_bigbench_instructions(splits.bigbench)
         train, test = split_train_test(examples, cfg.test_fraction, seed)
     else:
@@ -145,8 +146,6 @@ def load(cfg: TaskConfig, kind: TaskKind, seed: int) -> TaskData:
         if not train or not test:
             train, test = split_train_test(train or test, cfg.test_fraction, seed)
         if kind == "classification":
-            from fedsb.tasks.nli import NLI_LABELS
-
             labels = list(NLI_LABELS)
     if cfg.max_test_examples:
         test = test[: cfg.max_test_examples]
@@ -157,8 +156,27 @@ def load_eval_examples(cfg: TaskConfig, kind: TaskKind = "causal-lm", seed: int 
     """The evaluation examples of a task: its test split, or the whole file when it has no split."""
     splits = gather(cfg)
     if splits.bigbench is not None:
-        from fedsb.tasks.bigbench_instruct import read_bigbench_instructions
-
         return splits.name, read_bigbench_instructions(splits.bigbench)[0]
     records = splits.test or splits.train
     return splits.name, convert_records(records, cfg, kind)
+
+
+def load_task(cfg: TaskConfig, kind: TaskKind, seed: int = 0) -> TaskData:
+    """Load the configured task for a classifier or a causal LM."""
+    if cfg.path is None and cfg.name in BUILTIN_TASKS:
+        path = builtin_path(cfg.name)
+    elif cfg.path is not None:
+        path = Path(cfg.path)
+        if not path.exists():
+            raise FedsbError(f"data file {str(path)!r} not found; check task.path")
+    else:
+        return load(cfg, kind, seed)
+    if kind == "causal-lm" or (cfg.format not in ("auto", "bigbench")):
+        return load(cfg, kind, seed)
+    examples, labels, _ = read_bigbench(path)
+    if any(e.label is None for e in examples):
+        raise FedsbError(f"{path} is a generative task; a classifier needs multiple choice (target_scores)")
+    train, test = split_train_test(examples, cfg.test_fraction, seed)
+    if cfg.max_test_examples:
+        test = test[: cfg.max_test_examples]
+    return TaskData(name=cfg.label, kind="classification", train=train, test=test, labels=labels)

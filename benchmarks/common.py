@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false", "FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0"}.items():
-    os.environ.setdefault(_k, _v)
+from fedsb.environment import apply_offline_env, quiet_libraries
+
+apply_offline_env()
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -31,8 +31,6 @@ Column = tuple[str, str, Callable[[Any], str]]  # (key, header, formatter)
 def quiet() -> None:
     """No load reports or FutureWarnings from transformers in benchmark output."""
     import warnings
-
-    from fedsb.cli import quiet_libraries
 
     quiet_libraries()
     warnings.filterwarnings("ignore", category=FutureWarning)

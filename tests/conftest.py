@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from fedsb.cli import OFFLINE_ENV  # the same offline, no-telemetry settings as the CLI
+from fedsb.environment import apply_offline_env  # the same offline, no-telemetry settings as the CLI
 
-for _k, _v in OFFLINE_ENV.items():
-    os.environ.setdefault(_k, _v)
+apply_offline_env()
 
 torch.set_num_threads(1)
 

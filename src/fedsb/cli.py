@@ -3,22 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from fedsb.environment import apply_offline_env, quiet_libraries
 from fedsb.errors import FedsbError, UsageError
-
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "TOKENIZERS_PARALLELISM": "false",
-}
-
 
 RUN_FLAGS = ("--overwrite", "--no-progress", "--debug")
 
@@ -80,19 +68,6 @@ def parse_overrides(extra: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def quiet_libraries() -> None:
-    """Silence load reports and download bars of transformers/datasets; fedsb prints its own progress."""
-    import logging
-    import warnings
-
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    logging.getLogger("flwr_datasets").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedsb", description="Federated LoRA-SB (Fed-SB) fine-tuning and baselines.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -143,8 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    for k, v in OFFLINE_ENV.items():
-        os.environ.setdefault(k, v)
+    apply_offline_env()
     quiet_libraries()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv

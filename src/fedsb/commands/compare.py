@@ -220,7 +220,7 @@ Job = tuple[int, str, int, int, str]  # (index, method, rank, seed, run director
 
 def _worker(cfg: RunConfig, jobs: Any, results: Any) -> None:
     """A worker process: load the model once, then take jobs until a ``None`` arrives."""
-    from fedsb.cli import quiet_libraries
+    from fedsb.environment import quiet_libraries
 
     quiet_libraries()
     try:

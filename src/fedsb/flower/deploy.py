@@ -28,9 +28,9 @@ from typing import Any
 
 import tomli_w
 
+from fedsb.environment import OFFLINE_ENV
 from fedsb.errors import FedsbError
 from fedsb.flower.credentials import Credentials, make_credentials
-from fedsb.flower.simulate import QUIET_ENV
 
 APP_NAME = "fedsb-flower-app"
 
@@ -132,6 +132,7 @@ class LocalDeployment:
     data_paths: list[str] | None = None
     secure: bool = False
     credentials: Credentials | None = None
+    pins: dict[str, str] = field(default_factory=dict)  # node-config pins (model-name, task): see clientapp.check_pins
     ports: list[int] = field(default_factory=list)
     procs: list[subprocess.Popen] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
@@ -144,7 +145,7 @@ class LocalDeployment:
         # The SuperLink and SuperNodes start flower-superexec / flwr-clientapp by name: put this venv's bin
         # first on PATH so they are found when fedsb runs from a venv that is not activated (make test).
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        return {**os.environ, **QUIET_ENV, "OMP_NUM_THREADS": "1", "FLWR_HOME": str(home), "PATH": path}
+        return {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": "1", "FLWR_HOME": str(home), "PATH": path}
 
     def _spawn(self, args: list[str], name: str, home: Path) -> None:
         home.mkdir(parents=True, exist_ok=True)
@@ -170,9 +171,7 @@ class LocalDeployment:
         self.wait_ready(ready_timeout)
         self.write_cli_config()
         for i in range(self.supernodes):
-            node_cfg = f"partition-id={i} num-partitions={self.supernodes}"
-            if self.data_paths:
-                node_cfg += f' data-path="{self.data_paths[i]}"'
+            node_cfg = self.node_config(i)
             security = ["--insecure"]
             if self.credentials:
                 key = self.credentials.node_keys[i]
@@ -181,6 +180,15 @@ class LocalDeployment:
             self._spawn([_bin("flower-supernode"), *security, "--superlink", self.address, "--host", "127.0.0.1",
                          "--port", str(self.ports[1 + i]), "--node-config", node_cfg], f"supernode{i}", self.home / f"supernode{i}")
         return self
+
+    def node_config(self, i: int) -> str:
+        """SuperNode ``i``'s ``--node-config``: its partition, its own data file if any, and the pins with which
+        it refuses a server config naming another model or task."""
+        parts = [f"partition-id={i}", f"num-partitions={self.supernodes}"]
+        if self.data_paths:
+            parts.append(f"data-path={toml_value(self.data_paths[i])}")
+        parts += [f"{k}={toml_value(v)}" for k, v in self.pins.items()]
+        return " ".join(parts)
 
     def register(self, public_key: Path) -> None:
         """``flwr supernode register KEY.pub``: allow the SuperNode holding the matching private key to join."""
@@ -285,7 +293,9 @@ def deploy_run(cfg: Any, options: Any, supernodes: int, home: str | Path | None 
                                   "flower.overwrite": True,
                                   "flower.wire-dtype": options.wire_dtype, "flower.secagg": options.secagg}
     t0 = time.time()
-    dep = LocalDeployment(supernodes, base, secure=secure)
+    # Every SuperNode pins the model and task it agreed to train: a server config naming others is refused.
+    pins = {"model-name": cfg.model.name, "task": str(Path(cfg.task.path).resolve()) if cfg.task.path else cfg.task.name}
+    dep = LocalDeployment(supernodes, base, secure=secure, pins=pins)
     try:
         dep.start()
         t_up = time.time() - t0

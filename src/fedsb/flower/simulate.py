@@ -6,14 +6,9 @@ import os
 from typing import Any
 
 from fedsb.config import RunConfig
+from fedsb.environment import apply_offline_env
 from fedsb.errors import FedsbError
 from fedsb.flower.strategy import FedsbStrategy, FlowerOptions
-
-QUIET_ENV = {
-    "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-}
 
 
 def backend_config(cpus_per_client: float = 1.0, gpus_per_client: float = 0.0, total_cpus: int | None = None,
@@ -34,8 +29,7 @@ def backend_config(cpus_per_client: float = 1.0, gpus_per_client: float = 0.0, t
 def simulate(cfg: RunConfig, options: FlowerOptions | None = None, resume: bool = False,
              backend: dict[str, Any] | None = None, verbose: bool = False) -> FedsbStrategy:
     """One federated run with ``cfg.federation.clients`` virtual SuperNodes; returns the server strategy."""
-    for k, v in QUIET_ENV.items():
-        os.environ.setdefault(k, v)
+    apply_offline_env()
     from flwr.simulation import run_simulation
 
     from fedsb.flower.clientapp import app as client_app

@@ -47,6 +47,9 @@ def test_two_supernodes_two_rounds_of_fed_sb_over_tls_with_supernode_auth(tmp_pa
     superlink_args = dep_obj.procs[0].args
     assert "--enable-supernode-auth" in superlink_args and "--insecure" not in superlink_args
     assert all("--auth-supernode-private-key" in p.args for p in dep_obj.procs[1:3])
+    # every SuperNode pinned the model and task (and accepted the server's matching config: the run completed)
+    assert all('model-name="tiny-bert" task="intent_recognition"' in p.args[p.args.index("--node-config") + 1]
+               for p in dep_obj.procs[1:3])
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2]
     for r in rows[1:]:

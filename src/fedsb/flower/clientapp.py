@@ -5,6 +5,12 @@ A node learns the run's config from the server's ``setup`` message and builds th
 seed, so ``partition-id`` i holds the simulator's client i). With ``data-path`` in its ``node_config`` a
 node trains on its own local data file instead (deployment).
 
+A node decides what it trains (DESIGN 5.1: a server that picks the architecture can make gradients leak
+data): ``model-name``, ``data-path`` and ``task`` in its ``node_config`` pin the model, its own data file,
+or the task its partition is cut from, and a server config naming another is refused before anything is
+loaded (:func:`check_pins`). A node that pins nothing trains what the server names (simulation, where one
+person runs every party; ``fedsb flower deploy`` pins both).
+
 What a node must remember between rounds lives in ``Context.state`` (ClientApps may run in a fresh process
 per message): the config, Fed-SB's one-time B/A, the base residual folded in so far (FedEx-LoRA, FLoRA),
 and the trainer's ``state_dict()`` (hook for per-client state such as a DP accountant, see
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -67,6 +74,34 @@ def node_identity(context: Context) -> tuple[int, int | None, str | None]:
     return pid, nparts, path
 
 
+def _same_path(a: str, b: str) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def check_pins(cfg: RunConfig, context: Context) -> None:
+    """Refuse a server config whose model or data differs from what this SuperNode's ``node_config`` pins.
+
+    ``model-name`` must equal ``model.name`` exactly (the same alias, directory or hub id); ``data-path``
+    (the node's own file) refuses a server config that names another ``task.path``; ``task`` (partition
+    mode) must equal ``task.path`` (as a path) or, without one, ``task.name``.
+    """
+    nc = context.node_config
+    model = nc.get("model-name")
+    if model and cfg.model.name != str(model):
+        raise FedsbError(f"the server's config names model {cfg.model.name!r} but this SuperNode is pinned to {str(model)!r} "
+                         "(node config model-name); refused: set model.name to it on the server or change the node config")
+    data = nc.get("data-path")
+    if data and cfg.task.path and not _same_path(cfg.task.path, str(data)):
+        raise FedsbError(f"the server's config names data file {cfg.task.path!r} but this SuperNode trains only on its "
+                         f"data-path {str(data)!r}; refused: leave task.path unset on the server or make the two equal")
+    task = nc.get("task")
+    if task and not data:
+        same = _same_path(cfg.task.path, str(task)) if cfg.task.path else cfg.task.name == str(task)
+        if not same:
+            raise FedsbError(f"the server's config names task {cfg.task.path or cfg.task.name!r} but this SuperNode is pinned "
+                             f"to {str(task)!r} (node config task); refused: run the server on that task or change the node config")
+
+
 def federation_for(cfg: RunConfig) -> tuple[Federation, dict[str, Tensor]]:
     """Build (once per process and config) the federation and a snapshot of its freshly initialised adapters."""
     key = dumps(cfg.to_dict())
@@ -90,6 +125,7 @@ def load_node(context: Context) -> Node:
     if meta is None:
         raise FedsbError("this node has not received the run's setup message; the ServerApp must start with the setup round")
     cfg = validate(from_dict(json.loads(str(meta["config"]))))
+    check_pins(cfg, context)  # before any model or data named by the server is loaded
     pid, nparts, path = node_identity(context)
     client = pid
     if path:  # deployment: the node's own data file is its whole shard

@@ -23,6 +23,7 @@ import numpy as np
 from opacus.accountants import RDPAccountant, create_accountant
 from opacus.accountants.accountant import IAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
+from scipy.optimize import brentq
 
 from fedsb.errors import FedsbError, UsageError
 
@@ -91,58 +92,38 @@ def solve_noise_multiplier(
     """The sigma with ``epsilon(fixed + [(sigma, q, steps) ...])`` in ``[(1 - rel_tol) target, target]``.
 
     ``stretches`` are the (sample rate, steps) pairs that all use the solved sigma; ``fixed`` are entries
-    whose sigma is already chosen. epsilon is close to a power law in sigma, so a bracketed secant step in
-    log-log space (Illinois variant) needs a handful of accountant calls where bisection needs ~20 (each
-    RDP evaluation costs ~0.1-0.5 s on a busy CPU). Raises :class:`UsageError` when no sigma reaches the target.
+    whose sigma is already chosen (Opacus' ``get_noise_multiplier`` only knows a single (sample rate, steps)
+    pair). epsilon is close to a power law in sigma, so SciPy's Brent root finder on ``log epsilon`` against
+    ``log sigma`` needs a handful of accountant calls. Raises :class:`UsageError` when no sigma reaches the target.
     """
 
-    def f(sigma: float) -> float:
-        eps = epsilon_of([*fixed, *((sigma, q, s) for q, s in stretches)], delta, mechanism)
+    def f(log_sigma: float) -> float:
+        eps = epsilon_of([*fixed, *((math.exp(log_sigma), q, s) for q, s in stretches)], delta, mechanism)
         return math.log(max(eps, 1e-300)) - math.log(target_epsilon)
 
     if not any(s > 0 for _, s in stretches):
         return 0.0
     if fixed and epsilon_of(fixed, delta, mechanism) >= target_epsilon:
         raise UsageError(f"the fixed-noise steps alone spend dp.epsilon = {target_epsilon:g}; raise dp.init_noise_multiplier")
-    lo, hi = 1.0, 1.0
-    f_lo = f_hi = f(1.0)
+    lo = hi = 0.0  # log sigma
+    f_hi = f(hi)
     while f_hi > 0:  # too little noise: grow until the target is met
-        lo, f_lo = hi, f_hi
-        hi *= 4
-        if hi > MAX_SIGMA:
+        lo, hi = hi, hi + math.log(4)
+        if hi > math.log(MAX_SIGMA):
             raise UsageError(
                 f"dp.epsilon = {target_epsilon:g} cannot be reached at delta = {delta:.3g} with this many steps; "
                 "raise dp.epsilon or train fewer rounds/steps"
             )
         f_hi = f(hi)
-    while f_lo <= 0:  # more than enough noise: shrink until it is not
-        if lo < 1e-3:
-            return hi
-        hi, f_hi = lo, f_lo
-        lo /= 4
-        f_lo = f(lo)
-    tol = -math.log1p(-rel_tol)  # f_hi in (-tol, 0]: epsilon within rel_tol below the target
-    side = 0
-    for _ in range(100):
-        if f_hi > -tol or hi - lo <= 1e-9 * hi:
-            break
-        a, b = math.log(lo), math.log(hi)
-        x = b - f_hi * (b - a) / (f_hi - f_lo)
-        if not a < x < b:
-            x = (a + b) / 2
-        mid = math.exp(x)
-        f_mid = f(mid)
-        if f_mid > 0:
-            lo, f_lo = mid, f_mid
-            if side == -1:
-                f_hi /= 2  # Illinois: stop one end from sticking
-            side = -1
-        else:
-            hi, f_hi = mid, f_mid
-            if side == 1:
-                f_lo /= 2
-            side = 1
-    return hi
+    while f(lo) <= 0:  # more than enough noise: shrink until it is not
+        if lo < math.log(1e-3):
+            return math.exp(hi)
+        hi, lo = lo, lo - math.log(4)
+    tol = -math.log1p(-rel_tol)  # log epsilon within rel_tol below the target
+    x = brentq(f, lo, hi, xtol=tol / 16)
+    while f(x) > 0:  # the root from the side of more noise: never above the target
+        x += tol / 16
+    return math.exp(x)
 
 
 class PrivacyLedger:

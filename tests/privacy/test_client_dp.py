@@ -41,7 +41,7 @@ def test_client_updates_are_clipped_and_epsilon_is_accounted_per_round() -> None
     sigma = t2.plans["clients"].noise_multiplier
     for row in rows[1:]:
         assert abs(row["epsilon"] - epsilon_of([(sigma, 1.0, row["round"])], row["delta"])) < 1e-9
-    assert rows[-1]["epsilon"] <= 5.0 and rows[0]["delta"] == pytest.approx(1 / 3)
+    assert rows[-1]["epsilon"] <= 5.0 and rows[0]["delta"] == pytest.approx(1 / 30)
 
 
 def test_client_level_dp_refuses_methods_that_release_per_client_factors() -> None:

@@ -84,9 +84,12 @@ def _resolve(config: str | None, overrides: list[tuple[str, str]], resume: bool 
     """The run's config; with ``--resume``, the one saved in ``--out DIR``'s checkpoint (as ``fedsb run --resume``)."""
     from fedsb.config import from_dict, overrides_to_dict, resolve, validate
     from fedsb.presets import load_presets
+    from fedsb.privacy.noise import refuse_reproducible_noise
 
     if not resume:
-        return resolve(config, overrides, load_presets())
+        cfg = resolve(config, overrides, load_presets())
+        refuse_reproducible_noise(cfg)  # before Ray or any process starts (the ServerApp refuses it too)
+        return cfg
     over = overrides_to_dict(overrides)
     if config is not None or set(over) - {"out"} or not over.get("out"):
         raise UsageError("--resume continues a run with its saved config: pass only --out DIR (the interrupted run)")

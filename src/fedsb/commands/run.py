@@ -21,6 +21,7 @@ from fedsb.export import export_peft
 from fedsb.federation import build_federation
 from fedsb.plots import plot_curves
 from fedsb.privacy import make_dp_trainer
+from fedsb.privacy.noise import NOT_PRIVATE, SECRET
 from fedsb.rundir import RunDir
 from fedsb.simulation import SimulationResult, Simulator
 from fedsb.state_io import save_tensors
@@ -198,6 +199,8 @@ def _execute(sim: Simulator, rundir: RunDir, console: Console, start_round: int,
         sigmas = sorted({round(p["noise_multiplier"], 4) for p in ps["parties"].values()})
         console.print(f"[bold]{ps['label']}[/bold]: target epsilon {ps['target_epsilon']}, delta {ps['delta']:.3g}, "
                       f"clip {ps['max_grad_norm']:g}, noise multiplier {', '.join(map(str, sigmas))} ({ps['accountant']})")
+        if ps["noise"] != SECRET:
+            console.print(f"[bold red]dp.reproducible_noise: {NOT_PRIVATE}; the epsilons below hold for no one[/bold red]")
     if start_round > 1 or sim.rows:
         console.print(header)
 
@@ -245,7 +248,8 @@ def _execute(sim: Simulator, rundir: RunDir, console: Console, start_round: int,
         eps = {k: v["epsilon"] for k, v in s["privacy"]["parties"].items()}
         console.print(f"epsilon spent ({s['privacy']['mode']}-level, delta {s['privacy']['delta']:.3g}): max "
                       f"{s['privacy']['epsilon']:.4g}; per {'client' if s['privacy']['mode'] == 'sample' else 'party'} "
-                      + ", ".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in eps.items()))
+                      + ", ".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in eps.items())
+                      + ("" if s["privacy"]["noise"] == SECRET else f" [bold red]({NOT_PRIVATE})[/bold red]"))
     acc = s["final_metrics"].get("accuracy")
     acc0 = s["initial_metrics"].get("accuracy")
     console.print(

@@ -125,6 +125,10 @@ def load_node(context: Context) -> Node:
     if meta is None:
         raise FedsbError("this node has not received the run's setup message; the ServerApp must start with the setup round")
     cfg = validate(from_dict(json.loads(str(meta["config"]))))
+    if cfg.dp.reproducible_noise:  # the server must not be able to switch this node to seed-derived noise
+        from fedsb.privacy.noise import refuse_reproducible_noise
+
+        refuse_reproducible_noise(cfg)
     check_pins(cfg, context)  # before any model or data named by the server is loaded
     pid, nparts, path = node_identity(context)
     client = pid

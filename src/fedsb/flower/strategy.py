@@ -63,6 +63,9 @@ class FedsbStrategy(Strategy):
 
     def __init__(self, cfg: RunConfig, options: FlowerOptions | None = None, fed: Federation | None = None,
                  on_round: RoundCallback | None = None) -> None:
+        from fedsb.privacy.noise import refuse_reproducible_noise
+
+        refuse_reproducible_noise(cfg)  # the seed goes to every node: seed-derived noise is known to all
         self.cfg = cfg
         self.options = options or FlowerOptions()
         if cfg.train.threads:

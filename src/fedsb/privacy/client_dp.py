@@ -15,7 +15,7 @@ for everyone who sees the aggregates and the final model. It does NOT protect a 
 which sees the clipped updates in the clear (use sample-level DP, or secure aggregation, for that). The
 amplification by sampling assumes the server samples clients at random and keeps the draw secret; with
 ``federation.fraction = 1`` (every client every round) q = 1 and nothing is assumed. With few clients
-the guarantee is weak by nature: delta defaults to 1/clients.
+the guarantee is weak by nature: delta defaults to 1/(10 clients).
 
 Only methods whose aggregate is a mean of the uploads qualify (fed-sb, ffa-lora, fedit). FedEx-LoRA's
 residual and FLoRA's stack release products or the individual factors of each client, which noise on the
@@ -36,6 +36,7 @@ from fedsb.methods import METHODS
 from fedsb.methods.base import ClientUpdate, ServerState
 from fedsb.privacy.accounting import PrivacyLedger, solve_noise_multiplier
 from fedsb.privacy.init_dp import clip_total
+from fedsb.privacy.noise import generator_on
 from fedsb.privacy.plan import ClientPlan, check_init_source, private_init_needed, resolve_delta
 from fedsb.privacy.trainer_base import DPTrainer
 
@@ -67,14 +68,15 @@ class ClientLevelDPMethod:
         t = self.trainer
         plan = t.plans[PARTY]
         m = t.expected_clients
-        std = plan.noise_multiplier * t.clip / m
+        std = plan.noise_multiplier * t.clip  # on the sum (sensitivity C); the mean's noise is sigma C / m
         g = t.generator(3, state.round + 1)
         new: dict[str, Tensor] = {}
         for name, prev in state.adapter.items():
             acc = torch.zeros_like(prev, dtype=torch.float64)
             for u in updates:
                 acc.add_(u.payload[name].to(torch.float64) - prev.to(torch.float64))
-            noise = torch.normal(0.0, std, size=prev.shape, generator=g, dtype=torch.float64) if std > 0 else 0.0
+            noise = torch.normal(0.0, std, size=prev.shape, generator=generator_on(g, prev.device), dtype=torch.float64,
+                                 device=prev.device) if std > 0 else 0.0
             new[name] = (prev.to(torch.float64) + (acc + noise) / m).to(torch.float32)
         t.ledger.spend(PARTY, plan.noise_multiplier, plan.sample_rate, 1)
         return ServerState(round=state.round + 1, adapter=new, pending={})
@@ -135,7 +137,8 @@ class ClientLevelDP(DPTrainer):
         plan = self.plans[PARTY]
         std = plan.init_noise_multiplier * self.clip
         g = self.generator(4)
-        msgs = [*msgs, ({k: torch.normal(0.0, std, size=v.shape, generator=g) for k, v in msgs[0][0].items()}, 0)]
+        msgs = [*msgs, ({k: torch.normal(0.0, std, size=v.shape, generator=generator_on(g, v.device), device=v.device)
+                         for k, v in msgs[0][0].items()}, 0)]
         self.ledger.spend(PARTY, plan.init_noise_multiplier, 1.0, 1)
         return msgs
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from fedsb.adapters.model import AdaptedModel
 from fedsb.objectives.base import Objective
+from fedsb.privacy.noise import generator_on
 from fedsb.tasks.base import Example
 from fedsb.training import Schedule
 
@@ -85,7 +86,8 @@ def dp_local_train(
     with grad_sampler(adapted.model) as gsm:
         dp_opt = DPOptimizer(
             optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-            expected_batch_size=expected_batch_size, loss_reduction="mean", generator=generator,
+            expected_batch_size=expected_batch_size, loss_reduction="mean",
+            generator=generator_on(generator, params[0].device),  # noise on the parameters' device, batches on CPU
         )
         for s in range(steps):
             f = schedule.factor(step_offset + s)

@@ -28,6 +28,7 @@ from torch import Tensor
 from fedsb.adapters.lora_sb_init import gradient_sums
 from fedsb.adapters.model import AdaptedModel
 from fedsb.objectives.base import Objective
+from fedsb.privacy.noise import generator_on
 from fedsb.tasks.base import Example
 
 
@@ -74,7 +75,8 @@ def private_gradient_sums(
     if noise_multiplier > 0:
         std = noise_multiplier * float(max_grad_norm)  # type: ignore[arg-type]
         for t in sums.values():
-            t.add_(torch.normal(0.0, std, size=t.shape, generator=generator))
+            g = generator_on(generator, t.device)  # the noise is drawn where the sum lives
+            t.add_(torch.normal(0.0, std, size=t.shape, generator=g, device=t.device))
     return sums
 
 

@@ -34,10 +34,13 @@ def check_init_source(cfg: RunConfig) -> None:
 
 
 def resolve_delta(cfg: RunConfig, population: dict[str, int], unit: str) -> float:
-    """``dp.delta``, or ``1 / max(population)`` by default; a delta above ``1 / n`` for any party is refused
-    unless ``dp.allow_loose_delta`` (a delta near ``1/n`` allows publishing one record outright)."""
+    """``dp.delta``, or ``1 / (10 max(population))`` by default; a delta above ``1 / n`` for any party is refused
+    unless ``dp.allow_loose_delta`` (a delta near ``1/n`` allows publishing one record outright).
+
+    The largest party sets the rule so that it holds for every party: one delta serves all accountants.
+    """
     limit = 1.0 / max(population.values())
-    delta = cfg.dp.delta if cfg.dp.delta is not None else limit
+    delta = cfg.dp.delta if cfg.dp.delta is not None else limit / 10
     if delta > limit * (1 + 1e-12) and not cfg.dp.allow_loose_delta:
         who, n = max(population.items(), key=lambda kv: kv[1])
         raise UsageError(

@@ -15,6 +15,7 @@ import torch
 
 from fedsb.federation import Federation
 from fedsb.privacy.accounting import PrivacyLedger
+from fedsb.privacy.noise import dp_generator, noise_label
 from fedsb.privacy.plan import ClientPlan
 
 
@@ -33,13 +34,11 @@ class DPTrainer:
     def __call__(self, fed: Federation, client: int, round_idx: int, step_offset: int) -> dict[str, float]:
         raise NotImplementedError
 
-    def generator(self, *parts: int) -> torch.Generator:
-        """A local generator for sampling and noise. Deterministic from the run seed, so runs reproduce;
-        a real deployment must keep this seed secret (or use Opacus' secure mode), as DP assumes."""
-        seed = self.fed.cfg.seed
-        for p in parts:
-            seed = (seed * 1_000_003 + p) % (2**63 - 1)
-        return torch.Generator().manual_seed(seed)
+    def generator(self, *parts: int, device: torch.device | str = "cpu") -> torch.Generator:
+        """A fresh generator on ``device`` for one party's DP sampling and noise: seeded from operating-system
+        entropy, secret from the server and everyone else (``parts`` name the use only under
+        ``dp.reproducible_noise``, which derives it from the config seed: not private)."""
+        return dp_generator(self.fed.cfg, *parts, device=device)
 
     # --- budget and reporting ----------------------------------------------------------------------
     def budget_stop(self, rounds: list[int]) -> str | None:
@@ -71,6 +70,7 @@ class DPTrainer:
             "epsilon": max(finite) if finite else 0.0,
             "epsilon_clients": {k: _json_float(v) for k, v in eps.items()},
             "delta": self.ledger.delta,
+            "dp_noise": noise_label(self.fed.cfg),  # "secret", or reproducible and labelled not private
         }
 
     def privacy_summary(self) -> dict[str, Any]:
@@ -78,6 +78,7 @@ class DPTrainer:
         return {
             "mode": self.mode,
             "label": self.label,
+            "noise": noise_label(self.fed.cfg),
             "accountant": self.ledger.mechanism,
             "delta": self.ledger.delta,
             "target_epsilon": self.budget,

@@ -64,10 +64,7 @@ class Federation:
         return batch_stream(self.shards[client], batch_size or self.cfg.train.batch_size, g)
 
     def sample_clients(self, round_idx: int) -> list[int]:
-        k = len(self.shards)
-        m = max(1, round(self.cfg.federation.fraction * k))
-        rng = random.Random(f"{self.cfg.seed}-sample-{round_idx}")
-        return sorted(rng.sample(range(k), m))
+        return scheduled_clients(self.cfg.seed, len(self.shards), self.cfg.federation.fraction, round_idx)
 
     def init_batches(self, examples: list[Example], seed: int):
         """Batches of at most ``init.samples`` examples, for the LoRA-SB gradient estimate."""
@@ -75,6 +72,17 @@ class Federation:
         chosen = rng.sample(examples, min(self.cfg.init.samples, len(examples)))
         bs = self.cfg.init.batch_size
         return [self.objective.collate(chosen[i : i + bs]) for i in range(0, len(chosen), bs)]
+
+
+def scheduled_clients(seed: int, clients: int, fraction: float, round_idx: int) -> list[int]:
+    """The clients of round ``round_idx``: a fixed-size subset drawn from the run seed.
+
+    Public: anyone holding the config computes it, so it gives no privacy amplification (client-level DP
+    accounts q = 1 for every round a client takes part in). A Flower node checks its train messages against it.
+    """
+    m = max(1, round(fraction * clients))
+    rng = random.Random(f"{seed}-sample-{round_idx}")
+    return sorted(rng.sample(range(clients), m))
 
 
 def make_objective(cfg: RunConfig, loaded: LoadedModel, task: TaskData, device: torch.device) -> Objective:

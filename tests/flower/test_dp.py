@@ -141,3 +141,12 @@ def test_resume_continues_each_nodes_accountant(tmp_path, seed_derived_noise: No
     resumed = serve(FakeGrid(client_app, 3), server_context(), cfg, FlowerOptions(), resume=True)
     assert dp_columns(resumed.rows) == dp_columns(ref.rows)
     assert max_diff(resumed.state.adapter, ref.state.adapter) <= 1e-6
+
+
+def test_secagg_client_dp_is_labelled_client_clipping() -> None:
+    # Under SecAgg+ the server sees only the sum and cannot re-clip: summary.json must say who clips.
+    secure, _ = run_flower(FlowerOptions(secagg=True), **{**CLIENT, "federation": {"rounds": 1}})
+    assert secure.trainer.reclip is False
+    assert "SecAgg+" in secure.result_summary()["privacy"]["clipping"]
+    plain = make_dp_trainer(tiny_federation(**CLIENT))
+    assert plain.reclip is True and "server re-clips" in plain.privacy_summary()["clipping"]

@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from torch import Tensor
 
 from fedsb.config import RunConfig, from_dict, validate
 from fedsb.errors import FedsbError
-from fedsb.federation import Federation, build_federation, client_init_message
+from fedsb.federation import Federation, build_federation, client_init_message, scheduled_clients
 from fedsb.flower.records import dumps, from_record, to_record
 from fedsb.flower.secagg import LEGACY_PARAMS, secagg_train, selective_secaggplus_mod
 from fedsb.simulation import ClientTrainer, train_client
@@ -62,6 +63,11 @@ class Node:
     client: int  # index into fed.shards
     partition: int
     wire: str
+    planned: list[int]  # the rounds the server's (public) schedule gives this partition
+
+
+class Refused(FedsbError):
+    """This node will not train the round it was asked for (its own budget or schedule); the reply says why."""
 
 
 def node_identity(context: Context) -> tuple[int, int | None, str | None]:
@@ -132,6 +138,9 @@ def load_node(context: Context) -> Node:
     check_pins(cfg, context)  # before any model or data named by the server is loaded
     pid, nparts, path = node_identity(context)
     client = pid
+    # The schedule of the run as the server configured it (before a deployment node narrows cfg to one client).
+    run = cfg.federation
+    planned = [r for r in range(1, run.rounds + 1) if pid in scheduled_clients(cfg.seed, run.clients, run.fraction, r)]
     if path:  # deployment: the node's own data file is its whole shard
         cfg = replace(cfg, task=replace(cfg.task, path=path),
                       federation=replace(cfg.federation, clients=1, partition="iid", min_clients=1))
@@ -147,7 +156,7 @@ def load_node(context: Context) -> Node:
     fed.adapted.set_residual_state(from_record(st[STATE_RESIDUAL]) if STATE_RESIDUAL in st else {})
     if STATE_ONETIME in st:
         fed.adapted.set_state(from_record(st[STATE_ONETIME]))
-    return Node(cfg, fed, client, pid, str(meta["wire-dtype"]))
+    return Node(cfg, fed, client, pid, str(meta["wire-dtype"]), planned)
 
 
 def dp_trainer(node: Node, context: Context) -> Any:
@@ -185,16 +194,25 @@ def save_residual(node: Node, context: Context) -> None:
 
 def local_round(node: Node, context: Context, payload: dict[str, Tensor], base_applied: bool, rnd: int,
                 step_offset: int) -> tuple[dict[str, Tensor], dict[str, float]]:
-    """Receive a broadcast and train: the same calls as ``Simulator.run_round`` makes for one client."""
+    """Receive a broadcast and train: the same calls as ``Simulator.run_round`` makes for one client.
+
+    Under DP the node first checks the round against its own schedule and accountant and raises
+    :class:`Refused` (before anything is trained or changed) when it must not take part.
+    """
     fed, method = node.fed, node.fed.method
+    why = node_refusal(node, context, rnd)
+    if why:
+        raise Refused(why)
+    dp = dp_trainer(node, context)
     if base_applied:
         method.load_adapter(fed.adapted, payload)
     else:
         method.receive(fed.adapted, payload)
     save_residual(node, context)
-    dp = dp_trainer(node, context)
     if dp is not None:  # DP trainer: accountant loaded from and saved to Context.state around the round
         metrics = dp(fed, node.client, rnd, step_offset)
+        if dp.mode == "client":  # sample-level DP charges its steps inside; here the server's release of this round
+            dp.charge_node_round(node.client)
         save_dp(dp, context)
         return method.client_update(fed.adapted), {**metrics, **dp_report(node, dp)}
     load_fn, state_fn = getattr(_TRAINER, "load_state_dict", None), getattr(_TRAINER, "state_dict", None)
@@ -204,6 +222,18 @@ def local_round(node: Node, context: Context, payload: dict[str, Tensor], base_a
     if callable(state_fn):
         context.state[STATE_TRAINER] = ConfigRecord({"json": json.dumps(state_fn())})
     return method.client_update(fed.adapted), metrics
+
+
+def node_refusal(node: Node, context: Context, rnd: int) -> str | None:
+    """Why this node must not train round ``rnd`` (None: it may): under DP, a round outside its schedule or
+    one that would take its own accountant past ``dp.epsilon`` (DESIGN.md 5.1: each party enforces its budget)."""
+    dp = dp_trainer(node, context)
+    return None if dp is None else dp.refusal(node.client, rnd, node.planned)
+
+
+def refusal_reply(msg: Message, reason: str) -> Message:
+    """An error reply carrying a node's one-line refusal (the strategy logs it with the rejected updates)."""
+    return Message(error=Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -219,23 +249,27 @@ def setup(msg: Message, context: Context) -> Message:
     for key in (STATE_ONETIME, STATE_RESIDUAL):
         if key in context.state.array_records:
             del context.state.array_records[key]
-    if STATE_TRAINER in context.state.config_records:
-        del context.state.config_records[STATE_TRAINER]
+    if STATE_TRAINER in context.state.config_records and json.loads(str(c["fedsb-config"]))["dp"]["mode"] == "off":
+        del context.state.config_records[STATE_TRAINER]  # a DP accountant is never dropped by a new setup
     context.state[STATE_META] = ConfigRecord({"config": str(c["fedsb-config"]), "wire-dtype": str(c["wire-dtype"])})
     node = load_node(context)
     metrics: dict[str, Any] = {"partition-id": node.partition, "num-examples": len(node.fed.shards[node.client])}
     content = RecordDict()
     dp = dp_trainer(node, context)
-    if dp is not None and "dp-histories" in c:  # a resumed run: the server hands back this node's accountant
+    if dp is not None and "dp-histories" in c:  # a resumed run: the server's record of this node's accountant
         hist = json.loads(str(c["dp-histories"])).get(str(node.partition), [])
-        dp.ledger.histories = {str(node.client): [(float(a), float(q), int(n)) for a, q, n in hist]} if hist else {}
+        dp.adopt_longer(node.client, [(float(a), float(q), int(n)) for a, q, n in hist])  # never lowers its own
     if bool(c["want-init"]):
+        why = dp.over_budget(node.client, dp.init_cost(node.client), "the private init") if dp is not None else None
+        if why:
+            return refusal_reply(msg, why)
         if dp is None:
             init, n = client_init_message(node.fed, node.client)
         elif dp.mode == "sample":  # clipped, noised, charged to this node's accountant
             init, n = dp.init_message(node.fed, node.client)
-        else:  # client-level: clipped here, the server adds the noise
+        else:  # client-level: clipped here, clipped again and noised by the server
             init, n = dp.client_init(node.fed, node.client)
+            dp.charge_node_init(node.client)
         content["init"] = to_record(init, "float32")
         metrics["init-examples"] = int(n)
     if dp is not None:
@@ -271,6 +305,9 @@ def train(msg: Message, context: Context) -> Message:
         return secagg_train(msg, context)
     node = load_node(context)
     c = msg.content["config"]
+    why = node_refusal(node, context, int(c["server-round"]))
+    if why:  # before anything changes; an error reply, which the server records as a rejected update
+        return refusal_reply(msg, why)
     if "sync" in msg.content.array_records:
         want = {f"{n}.residual": (layer.d_out, layer.d_in) for n, layer in node.fed.adapted.layers.items()}
         res = from_record(msg.content["sync"], shapes=want, what="residual sync")

@@ -11,6 +11,11 @@ of the factors: SecAgg+ gives FedIT's usual result, which is itself inexact as a
 FedEx-LoRA needs the products ``B_i A_i`` of individual clients and FLoRA stacks individual factors, so
 neither can work from a sum; the strategy refuses them.
 
+Client-level DP under SecAgg+: the server sees only the sum of the uploads, so it cannot re-clip each
+client's change to ``dp.max_grad_norm`` as it does without SecAgg+. Clipping stays on the clients (an
+honest-client assumption: one client that skips it voids the guarantee for all); the runner switches the
+server's re-clipping off and ``summary.json`` says so (``privacy.clipping``).
+
 Precision: clients clip to ``+-clipping_range`` (fedsb raises instead of clipping silently) and quantize
 stochastically to ``quantization_range`` levels after scaling by ``num_examples / max_weight``; the server
 sets ``max_weight`` to the largest declared example count, so the error is about one quantization step
@@ -121,6 +126,8 @@ class SecAggRunner:
         if context is None:
             raise FedsbError("SecAgg+ needs the ServerApp's Context; call FedsbStrategy.run(grid, context=context)")
         self.strategy, self.grid = strategy, grid
+        if strategy.trainer is not None and strategy.trainer.mode == "client":
+            strategy.trainer.reclip = False  # only the sum is visible: clipping stays on the clients (module docstring)
         o = strategy.options
         self.glue = _Glue(self)
         self.lctx = LegacyContext(context, config=ServerConfig(num_rounds=strategy.cfg.federation.rounds), strategy=self.glue)

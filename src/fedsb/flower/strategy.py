@@ -147,7 +147,7 @@ class FedsbStrategy(Strategy):
         want_init = fed.method.gradient_init and source.federated and not resume
         cfg_json = self._fed_config()
         setup_cfg: dict[str, Any] = {"fedsb-config": cfg_json, "wire-dtype": self.options.wire_dtype, "want-init": want_init}
-        if resume and self.trainer is not None and self.trainer.mode == "sample":  # nodes restart from the checkpoint
+        if resume and self.trainer is not None:  # each node keeps the longer of this record and its own accountant
             setup_cfg["dp-histories"] = json.dumps({k: [list(e) for e in v] for k, v in self.trainer.ledger.histories.items()})
         msgs = [self._message(RecordDict({"config": ConfigRecord(dict(setup_cfg))}), n, SETUP) for n in nodes]
         t0 = time.perf_counter()
@@ -175,7 +175,7 @@ class FedsbStrategy(Strategy):
             return
         client_messages = [init_msgs[p] for p in sorted(init_msgs)] if want_init else None
         if client_messages and self.trainer is not None and self.trainer.mode == "client":
-            client_messages = self.trainer.add_init_noise(client_messages)  # clipped on the nodes, noised here
+            client_messages = self.trainer.add_init_noise(client_messages)  # re-clipped and noised here
         up = initialise_adapters(fed, client_messages)
         self.init_seconds = time.perf_counter() - t0
         k = len(fed.shards)

@@ -9,12 +9,13 @@ upload, privatised), ``budget_stop`` (a message when the next rounds would overs
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from fedsb.federation import Federation
-from fedsb.privacy.accounting import PrivacyLedger
+from fedsb.privacy.accounting import Entry, PrivacyLedger, epsilon_of
 from fedsb.privacy.noise import dp_generator, noise_label
 from fedsb.privacy.plan import ClientPlan
 
@@ -58,6 +59,46 @@ class DPTrainer:
         last round the budget allows, so that it gets the final evaluation)."""
         stop = self.budget_stop([round_idx])
         return stop, stop is None and round_idx < rounds and self.budget_stop([round_idx, round_idx + 1]) is not None
+
+    # --- a Flower node's own budget (DESIGN.md 5.1: each party enforces its budget) ----------------------
+    def round_cost(self, client: int) -> list[Entry]:
+        """What one round adds to ``client``'s accountant (sample-level: its local DP-SGD steps; client-level:
+        one Gaussian release at q = 1)."""
+        plan = self.plans[str(client)]
+        return [(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)]
+
+    def init_cost(self, client: int) -> list[Entry]:
+        plan = self.plans[str(client)]
+        return [] if plan.init_sample_rate is None else [(plan.init_noise_multiplier, plan.init_sample_rate, 1)]
+
+    def over_budget(self, client: int, cost: list[Entry], what: str) -> str | None:
+        """A one-line refusal when ``cost`` would take ``client``'s own epsilon past ``dp.epsilon``."""
+        if self.budget is None or not cost:
+            return None
+        eps = self.ledger.epsilon(client, cost)
+        if eps > self.budget * (1 + 1e-9):
+            return (f"refused: {what} would raise this node's epsilon from {self.ledger.epsilon(client):.4g} to {eps:.4g} "
+                    f"> dp.epsilon = {self.budget:g} (delta = {self.ledger.delta:.3g})")
+        return None
+
+    def refusal(self, client: int, round_idx: int, scheduled: Sequence[int]) -> str | None:
+        """Why a node must not train round ``round_idx`` (None: it may): the round is not in its schedule
+        ``scheduled``, or it would overspend the node's own accountant. Checked on the node, before training."""
+        if round_idx not in scheduled:
+            return (f"refused: round {round_idx} is not one of this node's planned rounds "
+                    f"({', '.join(map(str, scheduled)) or 'none'} of federation.rounds)")
+        return self.over_budget(client, self.round_cost(client), f"round {round_idx}")
+
+    def adopt_longer(self, party: str | int, history: Sequence[Sequence[float]]) -> bool:
+        """On resume: take ``history`` (the server's record) only if it spends more than this party's own
+        accountant; a party never lowers its own record. Returns whether it was taken."""
+        from fedsb.privacy.accounting import merge_history
+
+        theirs = merge_history(history)
+        if self.ledger.epsilon(party, ()) >= epsilon_of(theirs, self.ledger.delta, self.ledger.mechanism):
+            return False
+        self.ledger.histories[str(party)] = theirs
+        return True
 
     def epsilons(self) -> dict[str, float]:
         return {party: self.ledger.epsilon(party) for party in self.plans}

@@ -94,3 +94,15 @@ def test_delta_looser_than_one_over_n_needs_explicit_opt_in() -> None:
     loose = {"mode": "sample", "noise_multiplier": 1.0, "delta": 0.1, "allow_loose_delta": True}
     trainer = make_dp_trainer(tiny_federation(dp=loose))
     assert trainer is not None and trainer.ledger.delta == 0.1
+
+
+def test_epsilon_is_never_negative() -> None:
+    # One heavily noised step at a loose delta: Opacus' RDP conversion returns a negative number here.
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
+    from fedsb.privacy.accounting import RDP_ORDERS
+
+    raw, _ = rdp_analysis.get_privacy_spent(orders=RDP_ORDERS, rdp=rdp_analysis.compute_rdp(
+        q=1.0, noise_multiplier=5.0, steps=1, orders=RDP_ORDERS), delta=0.3)
+    assert raw < 0
+    assert epsilon_of([(5.0, 1.0, 1)], 0.3) == 0.0

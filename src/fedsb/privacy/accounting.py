@@ -69,9 +69,10 @@ def epsilon_of(history: Iterable[Sequence[float]], delta: float, mechanism: str 
         # RDP curve cached: a run reuses a handful of (sigma, q) pairs but asks for epsilon very often.
         rdp = sum(steps * _rdp_one_step(sigma, q) for sigma, q, steps in hist)
         eps, _ = rdp_analysis.get_privacy_spent(orders=RDP_ORDERS, rdp=rdp, delta=delta)
-        return float(eps)
-    acc = make_accountant(mechanism, hist)
-    return float(acc.get_epsilon(delta=delta, eps_error=0.01))
+    else:
+        eps = make_accountant(mechanism, hist).get_epsilon(delta=delta, eps_error=0.01)
+    # The RDP conversion can dip below 0 for tiny histories at a loose delta; epsilon is never negative.
+    return max(0.0, float(eps))
 
 
 @lru_cache(maxsize=4096)

@@ -28,6 +28,7 @@ from transformers import (
 )
 from transformers.pytorch_utils import Conv1D
 
+from fedsb.devices import seeded_rng
 from fedsb.errors import FedsbError
 
 ModelKind = Literal["classification", "causal-lm"]
@@ -113,8 +114,7 @@ def load_model(name: str, kind: ModelKind, num_labels: int = 2, dtype: str = "fl
     if name in TINY:
         tok = AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
         config = tiny_config(name, tok.vocab_size, num_labels)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_rng(seed):  # built on the CPU; the global CUDA RNG is left alone
             cls = AutoModelForSequenceClassification if kind == "classification" else AutoModelForCausalLM
             model = cls.from_config(config)
         model = model.to(torch_dtype)

@@ -72,3 +72,31 @@ def test_federated_init_sets_b_a_r0_from_the_summed_client_gradients() -> None:
         r0 = layer.lora_R.weight
         assert torch.count_nonzero(r0 - torch.diag(torch.diagonal(r0))) == 0  # R0 = diag(S_r) / s
         assert bool((torch.diagonal(r0)[:-1] >= torch.diagonal(r0)[1:]).all())
+
+
+def test_gradient_sums_of_gpt2_conv1d_are_in_linear_layout_even_when_square() -> None:
+    """GPT-2's Conv1D stores W as d_in x d_out; attn.c_proj is square, so only its type says it is transposed."""
+    from transformers.pytorch_utils import Conv1D
+
+    fed = tiny_federation("tiny-gpt2")
+    layers = fed.adapted.layers
+    square = [n for n, layer in layers.items() if isinstance(layer.base, Conv1D) and layer.d_in == layer.d_out]
+    assert any(n.endswith("attn.c_proj") for n in square)
+    assert any(n.endswith("attn.c_attn") and layers[n].d_in != layers[n].d_out for n in layers)
+    batch = fed.objective.collate(fed.shards[0][:4])
+    sums, _ = gradient_sums(fed.adapted, [batch], fed.objective.loss, fed.objective.batch_size)
+    weights = [layer.base.weight for layer in layers.values()]
+    for w in weights:
+        w.requires_grad_(True)
+    fed.adapted.set_adapters_enabled(False)
+    fed.adapted.model.eval()
+    grads = torch.autograd.grad(fed.objective.loss(fed.adapted.model, batch) * 4, weights)
+    for w in weights:
+        w.requires_grad_(False)
+    fed.adapted.set_adapters_enabled(True)
+    for (name, layer), g in zip(layers.items(), grads, strict=True):
+        linear_layout = g.T  # dL/dW with W = weight.T (d_out x d_in)
+        assert sums[name].shape == (layer.d_out, layer.d_in)
+        torch.testing.assert_close(sums[name], linear_layout, rtol=1e-5, atol=1e-7, msg=name)
+        if name in square:
+            assert not torch.allclose(sums[name], g, rtol=1e-3, atol=1e-6), "a non-symmetric gradient is told apart from its transpose"

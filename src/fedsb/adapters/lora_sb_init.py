@@ -15,9 +15,11 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
+from transformers.pytorch_utils import Conv1D
 
 from fedsb.adapters.layer import base_weight
 from fedsb.adapters.model import AdaptedModel
+from fedsb.devices import seeded_rng
 
 SvdMethod = Literal["lowrank", "exact"]
 LossFn = Callable[[torch.nn.Module, Any], Tensor]
@@ -30,16 +32,20 @@ def gradient_sums(
 
     ``loss_fn`` returns the mean loss of a batch, so each batch's gradient is scaled by its size. The
     adapters are disabled (the gradient is taken at W0) and only the target base weights require grad.
-    Returns the sums and the number of examples used.
+    Returns the sums (on the device of the weights) and the number of examples used.
     """
     model = adapted.model
     saved = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
     weights = {n: layer.base.weight for n, layer in adapted.layers.items()}
+    # A GPT-2 Conv1D stores its weight as d_in x d_out: its gradient is transposed by layer type, never by
+    # comparing shapes (a square Conv1D, such as GPT-2's attn.c_proj, has the same shape either way).
+    transposed = {n: isinstance(layer.base, Conv1D) for n, layer in adapted.layers.items()}
     for w in weights.values():
         w.requires_grad_(True)
-    sums = {n: torch.zeros(layer.d_out, layer.d_in, dtype=torch.float32) for n, layer in adapted.layers.items()}
+    sums = {n: torch.zeros(layer.d_out, layer.d_in, dtype=torch.float32, device=weights[n].device)
+            for n, layer in adapted.layers.items()}
     adapted.set_adapters_enabled(False)
     was_training = model.training
     model.eval()  # no dropout: the estimate should be deterministic
@@ -50,8 +56,7 @@ def gradient_sums(
             loss = loss_fn(model, batch) * b
             loss.backward()
             for n, w in weights.items():
-                g = w.grad
-                g = g.T if g.shape != sums[n].shape else g  # GPT-2 Conv1D stores the transpose
+                g = w.grad.T if transposed[n] else w.grad
                 sums[n].add_(g.to(torch.float32))
                 w.grad = None
             count += b
@@ -78,8 +83,7 @@ def truncated_svd(
     if method == "exact" or rank + oversample >= k:
         u, s, vh = torch.linalg.svd(m, full_matrices=False)
         return u[:, :rank], s[:rank], vh[:rank].T
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_rng(seed, m.device):  # the sketch is drawn on m's device; no global generator is reseeded
         u, s, v = torch.svd_lowrank(m, q=rank + oversample, niter=niter)
     return u[:, :rank], s[:rank], v[:, :rank]
 
@@ -100,10 +104,11 @@ def lora_sb_init_from_directions(
     niter: int = 2,
     seed: int = 0,
 ) -> None:
-    """Set B, A, R0 of every layer from its update direction ``dW`` (d_out x d_in)."""
+    """Set B, A, R0 of every layer from its update direction ``dW`` (d_out x d_in; the SVD runs on the layer's device)."""
     with torch.no_grad():
         for i, (name, layer) in enumerate(adapted.layers.items()):
-            b, a, r0 = lora_sb_factors(directions[name], layer.rank, layer.scaling, method, oversample, niter, seed + i)
+            direction = directions[name].to(layer.lora_B.weight.device)
+            b, a, r0 = lora_sb_factors(direction, layer.rank, layer.scaling, method, oversample, niter, seed + i)
             layer.lora_B.weight.copy_(b)
             layer.lora_A.weight.copy_(a)
             assert layer.lora_R is not None

@@ -4,6 +4,12 @@ Each round the server broadcasts its state; the base-weight part of a broadcast 
 stack) is folded into the shared model once, since every client receives the same one; then each
 sampled client loads the broadcast adapter, trains with a fresh optimizer, and uploads. Updates are
 validated, aggregated by the method, and the global model is evaluated on the server.
+
+The communication ledger counts what a deployment sends, not what the shared model needs: per client it
+tracks which base increments that client holds (:class:`BaseVersions`), so a client that missed rounds is
+counted a float32 catch-up residual and a client that already holds an increment is not sent it again (a
+skipped round). A resume counts as a deployment's resume (a new Flower run): every client starts empty, is
+sent the one-time tensors again (``resync``) and catches up on the base the first time it is sampled.
 """
 
 from __future__ import annotations
@@ -18,18 +24,19 @@ import torch
 from tqdm.auto import tqdm
 
 from fedsb.comm import (
+    ClientDownload,
     CommLedger,
     LayerDims,
+    Size,
     dtype_bytes,
     one_time_params,
-    payload_bytes,
-    payload_params,
     round_params,
+    size_of,
     to_wire,
 )
 from fedsb.config import RunConfig
 from fedsb.federation import Federation, build_federation, initialise_adapters
-from fedsb.methods.base import ClientUpdate, Method, ServerState
+from fedsb.methods.base import ClientUpdate, Method, ServerState, is_base_update
 from fedsb.training import build_optimizer, local_train
 from fedsb.validation import UpdateValidator
 
@@ -100,6 +107,54 @@ def server_step(
     return state, accepted, rejected, skipped, next_payload
 
 
+class BaseVersions:
+    """Which base-weight increments (FedEx-LoRA residual, FLoRA stack) each client holds, so that each is
+    applied exactly once. Both engines use it: the Flower strategy to build every node's message, the
+    simulator (one shared model, so no real catch-up) to count what a deployment sends.
+
+    ``held[c]`` is the number of server aggregations whose increments client ``c`` has folded into its base
+    (``ServerState.round`` counts aggregations; the broadcast after aggregation ``A`` carries increment ``A``).
+    A client holding ``A`` is sent the broadcast without the increment (after a skipped round it already has
+    it), one holding ``A - 1`` is sent it, one further behind (or unknown, -1) is sent the server's absolute
+    residual instead. Every client starts at 0, at setup and after a resume (a resumed Flower run is a new
+    run: every SuperNode starts from an empty state).
+    """
+
+    UNKNOWN = -1
+
+    def __init__(self, clients: int) -> None:
+        self.held = dict.fromkeys(range(clients), 0)
+
+    def download(self, client: int, broadcast: dict[str, torch.Tensor], aggregations: int,
+                 residual: Callable[[], dict[str, torch.Tensor]]) -> ClientDownload:
+        """What ``client`` must be sent so that it holds the base of ``aggregations`` aggregations."""
+        base = [k for k in broadcast if is_base_update(k)]
+        held = self.held.get(client, self.UNKNOWN)
+        if not base or held == aggregations - 1:
+            return ClientDownload(dict(broadcast))
+        adapter = {k: v for k, v in broadcast.items() if k not in base}
+        return ClientDownload(adapter) if held == aggregations else ClientDownload(adapter, residual())
+
+    def received(self, client: int, aggregations: int) -> None:
+        self.held[client] = aggregations
+
+    def forget(self, client: int) -> None:
+        """The client's state is unknown (it failed while handling a message): send it the absolute residual."""
+        self.held[client] = self.UNKNOWN
+
+
+def cached(fn: Callable[[], dict[str, torch.Tensor]]) -> Callable[[], dict[str, torch.Tensor]]:
+    """``fn()`` computed at most once (the server's residual, for the catch-ups of one round)."""
+    memo: list[dict[str, torch.Tensor]] = []
+
+    def get() -> dict[str, torch.Tensor]:
+        if not memo:
+            memo.append(fn())
+        return memo[0]
+
+    return get
+
+
 def analytic_one_time(fed: Federation) -> dict[str, int]:
     """One-time costs per client from the formulas: B/A broadcast and the configured init source's upload."""
     cfg = fed.cfg
@@ -134,6 +189,7 @@ class Simulator:
         self.on_round = on_round
         self.progress = progress
         self.comm = CommLedger(wire_dtype=wire_dtype)
+        self.versions = BaseVersions(len(self.fed.shards))  # not checkpointed: a resume starts every client empty
         # A declared example count above the whole training set is impossible (README "Failure handling").
         self.validator = UpdateValidator.from_config(cfg, max_examples=len(self.fed.task.train))
         self.rows: list[dict[str, Any]] = []
@@ -150,18 +206,8 @@ class Simulator:
         init_messages = getattr(self.trainer, "init_messages", None)  # a DP trainer privatises the init upload
         up = initialise_adapters(fed, init_messages(fed) if init_messages else None)
         self.init_seconds = time.perf_counter() - t0
-        k = len(fed.shards)
-        one_time_down = {n: t for n, t in fed.adapted.get_state(fed.method.one_time_names(fed.adapted)).items()}
-        self.one_time = {
-            "init_upload_params_per_client": up["upload_params"],
-            "init_upload_bytes_per_client": up["upload_bytes"],
-            "broadcast_params_per_client": payload_params(one_time_down),
-            "broadcast_bytes_per_client": payload_bytes(one_time_down, self.comm.wire_dtype),
-        }
-        self.comm.record_one_time(
-            up["upload_bytes"] * k, self.one_time["broadcast_bytes_per_client"] * k, up["upload_params"] * k,
-            self.one_time["broadcast_params_per_client"] * k,
-        )
+        one_time_down = fed.adapted.get_state(fed.method.one_time_names(fed.adapted))
+        self.one_time = self.comm.record_setup(Size(up["upload_params"], up["upload_bytes"]), one_time_down, len(fed.shards))
         self.state = fed.method.initial_state(fed.adapted)
         return self.state
 
@@ -176,6 +222,9 @@ class Simulator:
         t0 = time.perf_counter()
         sampled = fed.sample_clients(round_idx)
         sched_offset = (round_idx - 1) * max(fed.local_steps(c) for c in range(len(fed.shards)))
+        aggregations = self.state.round
+        residual = cached(fed.adapted.residual_state)  # the base every client must hold this round
+        downs = [self.versions.download(c, payload, aggregations, residual) for c in sampled]
         updates: list[ClientUpdate] = []
         for c in sampled:
             method.load_adapter(fed.adapted, payload)
@@ -185,7 +234,9 @@ class Simulator:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(round=round_idx, client=c, loss=f"{metrics.get('train_loss', float('nan')):.3f}")
-        comm_row = self.comm.record_round(payload, [u.payload for u in updates])
+        comm_row = self.comm.record_round(downs, [size_of(u.payload, self.comm.wire_dtype) for u in updates])
+        for c in sampled:
+            self.versions.received(c, aggregations)
         self.state, accepted, rejected, skipped, next_payload = server_step(
             fed, method, self.state, updates, self.validator, self.comm.wire_dtype, self.validator.min_clients
         )
@@ -223,6 +274,8 @@ class Simulator:
             self.rows.append(row0)
             if self.on_round:
                 self.on_round(row0)
+        elif self.rows:  # restored from a checkpoint: a deployment re-sends the one-time tensors (module docstring)
+            self.comm.record_resync(fed.adapted.get_state(fed.method.one_time_names(fed.adapted)), len(fed.shards))
         assert self.state is not None
         payload = getattr(self, "_next_payload", None) or to_wire(fed.method.broadcast(self.state), self.comm.wire_dtype)
         rounds = self.cfg.federation.rounds
@@ -266,7 +319,12 @@ class Simulator:
                 "download_params_total": self.comm.download_params,
                 "upload_bytes_total": self.comm.upload_bytes,
                 "download_bytes_total": self.comm.download_bytes,
+                "catchup_download_bytes_total": self.comm.catchup_download_bytes,
                 "one_time_bytes": self.comm.one_time_upload_bytes + self.comm.one_time_download_bytes,
+                "resync_download_params_total": self.comm.resync_download_params,
+                "resync_download_bytes_total": self.comm.resync_download_bytes,
+                "evaluate_download_bytes_total": self.comm.evaluate_download_bytes,
+                "all_bytes_total": self.comm.total_bytes,
                 "one_time": {
                     **self.one_time,
                     "upload_bytes_total": self.comm.one_time_upload_bytes,

@@ -75,3 +75,25 @@ def test_count_reads_secagg_masked_vectors() -> None:
     np.save(buf, np.zeros((5, 3), dtype=np.int64))
     content = RecordDict({"cfg": ConfigRecord({"masked_params": [buf.getvalue()]})})
     assert count(content).payload == 5 * 3 * 8
+
+
+def lying_array(declared: np.ndarray, actual: np.ndarray) -> Array:
+    """An Array whose declared dtype/shape are those of ``declared`` but whose npy bytes hold ``actual``."""
+    buf = io.BytesIO()
+    np.save(buf, actual, allow_pickle=False)
+    return Array(dtype=str(declared.dtype), shape=tuple(declared.shape), stype="numpy.ndarray", data=buf.getvalue())
+
+
+@pytest.mark.parametrize("actual", [
+    np.zeros((64, 64), dtype=np.float32),  # another shape behind a declared (4, 4)
+    np.zeros((4, 4), dtype=np.float64),  # another dtype behind a declared float32
+    np.zeros((4, 4), dtype=">f4"),  # big-endian float32: the right size, the wrong numbers
+])
+def test_the_decoded_array_is_checked_not_only_what_the_sender_declares(actual: np.ndarray) -> None:
+    declared = np.zeros((4, 4), dtype=np.float32)
+    rec = ArrayRecord({"layer.residual": lying_array(declared, actual)})
+    with pytest.raises(FedsbError, match="decodes to"):
+        from_record(rec, "float32", shapes={"layer.residual": (4, 4)}, what="residual sync")
+    with pytest.raises(FedsbError, match="decodes to"):
+        from_record(rec, raw=True)
+

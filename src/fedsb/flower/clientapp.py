@@ -12,7 +12,8 @@ loaded (:func:`check_pins`). A node that pins nothing trains what the server nam
 person runs every party; ``fedsb flower deploy`` pins both).
 
 What a node must remember between rounds lives in ``Context.state`` (ClientApps may run in a fresh process
-per message): the config, Fed-SB's one-time B/A, the base residual folded in so far (FedEx-LoRA, FLoRA),
+per message): the config, Fed-SB's one-time B/A, the base residual folded in so far (FedEx-LoRA, FLoRA)
+and how many server aggregations it covers (:func:`receive_base`),
 and the trainer's ``state_dict()`` (hook for per-client state such as a DP accountant, see
 :func:`set_trainer`). Every message starts from a pristine model copy and restores that state, so one
 process may serve many nodes (Ray actors in simulation).
@@ -36,9 +37,11 @@ from fedsb.errors import FedsbError
 from fedsb.federation import Federation, build_federation, client_init_message, scheduled_clients
 from fedsb.flower.records import dumps, from_record, to_record
 from fedsb.flower.secagg import LEGACY_PARAMS, secagg_train, selective_secaggplus_mod
+from fedsb.methods.base import is_base_update
 from fedsb.simulation import ClientTrainer, train_client
 
 STATE_META, STATE_ONETIME, STATE_RESIDUAL, STATE_TRAINER = "fedsb", "fedsb.onetime", "fedsb.residual", "fedsb.trainer"
+STATE_BASE = "fedsb.base"  # how many server aggregations' base increments the node holds
 
 _TRAINER: ClientTrainer = train_client
 _CACHE: dict[str, tuple[Federation, dict[str, Tensor]]] = {}
@@ -192,6 +195,65 @@ def save_residual(node: Node, context: Context) -> None:
         context.state[STATE_RESIDUAL] = to_record(res, "float32")
 
 
+def held_base(context: Context) -> int:
+    """How many server aggregations' base increments this node has folded in (0 after setup)."""
+    rec = context.state.config_records.get(STATE_BASE)
+    return int(rec["aggregations"]) if rec is not None else 0
+
+
+def check_increment(node: Node, increment: dict[str, Tensor]) -> None:
+    """Refuse a base increment that does not fit this model (FedEx-LoRA: ``<layer>.residual``, d_out x d_in;
+    FLoRA: ``<layer>.stack_A`` m x d_in with ``<layer>.stack_B`` d_out x m)."""
+    layers = node.fed.adapted.layers
+    for k, t in increment.items():
+        name, _, part = k.rpartition(".")
+        layer = layers.get(name)
+        if layer is None:
+            raise FedsbError(f"broadcast: base increment {k!r} names no adapted layer of this model; server and node configs differ")
+        if part == "residual":
+            ok = tuple(t.shape) == (layer.d_out, layer.d_in)
+        else:
+            a, b = increment.get(f"{name}.stack_A"), increment.get(f"{name}.stack_B")
+            ok = (a is not None and b is not None and a.dim() == b.dim() == 2 and a.shape[1] == layer.d_in
+                  and b.shape[0] == layer.d_out and a.shape[0] == b.shape[1])
+        if not ok:
+            raise FedsbError(f"broadcast: base increment {k!r} has shape {tuple(t.shape)}, which does not fit layer {name} "
+                             f"({layer.d_out} x {layer.d_in}); server and node configs differ")
+
+
+def receive_base(node: Node, context: Context, content: RecordDict, payload: dict[str, Tensor], base_round: int,
+                 keep: bool) -> None:
+    """Bring this node's base weights to the server's after ``base_round`` aggregations (FedEx-LoRA, FLoRA).
+
+    The message carries the absolute residual (``sync``), or the increment of aggregation ``base_round``, or
+    nothing when the node already holds it (a skipped round). An increment is applied only by a node holding
+    exactly the one before, so none is ever applied twice; ``keep`` saves the result in ``Context.state``
+    (training; client evaluation leaves the node's state as it was).
+    """
+    fed, method = node.fed, node.fed.method
+    if not method.base_updates:
+        return
+    held = held_base(context)
+    if "sync" in content.array_records:
+        want = {f"{n}.residual": (layer.d_out, layer.d_in) for n, layer in fed.adapted.layers.items()}
+        res = from_record(content["sync"], shapes=want, what="residual sync")
+        if not set(res) <= set(want):
+            raise FedsbError(f"residual sync: unexpected arrays {sorted(set(res) - set(want))[:3]}; server and node configs differ")
+        fed.adapted.set_residual_state(res)
+        held = base_round
+    increment = {k: v for k, v in payload.items() if is_base_update(k)}
+    if increment and held == base_round - 1:
+        check_increment(node, increment)
+        method.apply_base_update(fed.adapted, increment)
+        held = base_round
+    if held != base_round:
+        raise FedsbError(f"this node holds the base increments of {held} aggregations and the message brings it to {base_round} "
+                         "without the ones between; the server sends the absolute residual with its next message")
+    if keep:
+        save_residual(node, context)
+        context.state[STATE_BASE] = ConfigRecord({"aggregations": held})
+
+
 def local_round(node: Node, context: Context, payload: dict[str, Tensor], base_applied: bool, rnd: int,
                 step_offset: int) -> tuple[dict[str, Tensor], dict[str, float]]:
     """Receive a broadcast and train: the same calls as ``Simulator.run_round`` makes for one client.
@@ -249,6 +311,8 @@ def setup(msg: Message, context: Context) -> Message:
     for key in (STATE_ONETIME, STATE_RESIDUAL):
         if key in context.state.array_records:
             del context.state.array_records[key]
+    if STATE_BASE in context.state.config_records:  # a set-up node holds no base increment
+        del context.state.config_records[STATE_BASE]
     if STATE_TRAINER in context.state.config_records and json.loads(str(c["fedsb-config"]))["dp"]["mode"] == "off":
         del context.state.config_records[STATE_TRAINER]  # a DP accountant is never dropped by a new setup
     context.state[STATE_META] = ConfigRecord({"config": str(c["fedsb-config"]), "wire-dtype": str(c["wire-dtype"])})
@@ -292,10 +356,6 @@ def sync(msg: Message, context: Context) -> Message:
         if set(one_time) != names:
             raise FedsbError("the one-time broadcast does not name this model's B/A tensors; server and node configs differ")
         context.state[STATE_ONETIME] = to_record(one_time, "float32")
-    if "residual" in msg.content.array_records:
-        want = {f"{n}.residual": (layer.d_out, layer.d_in) for n, layer in node.fed.adapted.layers.items()}
-        res = from_record(msg.content["residual"], shapes=want, what="residual sync")
-        context.state[STATE_RESIDUAL] = to_record(res, "float32")
     return Message(content=RecordDict({"metrics": MetricRecord({"ok": 1})}), reply_to=msg)
 
 
@@ -305,15 +365,12 @@ def train(msg: Message, context: Context) -> Message:
         return secagg_train(msg, context)
     node = load_node(context)
     c = msg.content["config"]
+    payload = from_record(msg.content["arrays"], node.wire, node.fed.adapted.shapes(), what="broadcast")
     why = node_refusal(node, context, int(c["server-round"]))
     if why:  # before anything changes; an error reply, which the server records as a rejected update
         return refusal_reply(msg, why)
-    if "sync" in msg.content.array_records:
-        want = {f"{n}.residual": (layer.d_out, layer.d_in) for n, layer in node.fed.adapted.layers.items()}
-        res = from_record(msg.content["sync"], shapes=want, what="residual sync")
-        node.fed.adapted.set_residual_state(res)
-    payload = from_record(msg.content["arrays"], node.wire, node.fed.adapted.shapes(), what="broadcast")
-    upload, metrics = local_round(node, context, payload, bool(c["base-applied"]), int(c["server-round"]), int(c["step-offset"]))
+    receive_base(node, context, msg.content, payload, int(c["base-round"]), keep=True)
+    upload, metrics = local_round(node, context, payload, True, int(c["server-round"]), int(c["step-offset"]))
     reply = RecordDict({
         "arrays": to_record(upload, node.wire),
         "metrics": MetricRecord({**scalar_metrics(metrics), "num-examples": len(node.fed.shards[node.client]),
@@ -329,7 +386,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the broadcast model on this node's test split (its own data file in deployment)."""
     node = load_node(context)
     payload = from_record(msg.content["arrays"], node.wire, node.fed.adapted.shapes(), what="broadcast")
-    node.fed.method.receive(node.fed.adapted, payload)  # not saved: the next train message brings it again
+    # The server's base for this evaluation, not saved: the next train message brings what the node needs.
+    receive_base(node, context, msg.content, payload, int(msg.content["config"]["base-round"]), keep=False)
+    node.fed.method.load_adapter(node.fed.adapted, payload)
     fed = node.fed
     metrics = fed.objective.evaluate(fed.adapted.model, fed.task.test, node.cfg.eval.batch_size)
     return Message(content=RecordDict({"metrics": MetricRecord({**scalar_metrics(metrics), "num-examples": len(fed.task.test)})}),

@@ -17,7 +17,7 @@ import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 from torch import Tensor
 
-from fedsb.comm import WIRE_DTYPES
+from fedsb.comm import WIRE_DTYPES, Size
 from fedsb.errors import FedsbError
 
 #: numpy dtype each wire dtype travels as (bfloat16: its bits, as int16).
@@ -52,7 +52,9 @@ def from_record(
     """Decode a received record into float32 tensors, refusing anything unexpected.
 
     Checks: only ``numpy.ndarray`` arrays of the agreed wire dtype, the expected shapes (when ``shapes`` names
-    the tensor), finite values. Raises :class:`FedsbError` naming the array and the problem. ``raw``: keep
+    the tensor), finite values. The dtype and shape an ``Array`` declares are the sender's word, so they are
+    checked again on the decoded array (its npy header), which is what the receiver uses. Raises
+    :class:`FedsbError` naming the array and the problem. ``raw``: keep
     numeric dtypes as sent (LoRA-SB init messages: packed sign bits, float32 sums), which the init source's
     ``combine`` validates against the layer shapes.
     """
@@ -73,7 +75,15 @@ def from_record(
         want = None if shapes is None else shapes.get(k)
         if want is not None and tuple(arr.shape) != tuple(want):
             raise FedsbError(f"{what}: array {k!r} has shape {tuple(arr.shape)}, expected {tuple(want)}")
-        a = arr.numpy()  # np.load(allow_pickle=False) inside Flower
+        try:
+            a = arr.numpy()  # np.load(allow_pickle=False) inside Flower
+        except (ValueError, OSError, EOFError) as e:
+            raise FedsbError(f"{what}: array {k!r} is not a valid npy array ({e})") from None
+        if not isinstance(a, np.ndarray):  # np.load also opens .npz archives
+            raise FedsbError(f"{what}: array {k!r} holds a {type(a).__name__}, not one npy array")
+        if a.dtype != np.dtype(arr.dtype) or tuple(a.shape) != tuple(arr.shape):
+            raise FedsbError(f"{what}: array {k!r} decodes to {a.dtype} {tuple(a.shape)} but declares "
+                             f"{arr.dtype} {tuple(arr.shape)}; the sender's record is malformed")
         t = torch.from_numpy(np.ascontiguousarray(a))
         if not raw:
             t = t.view(torch.bfloat16) if wire_dtype == "bfloat16" else t
@@ -99,6 +109,11 @@ def array_payload_bytes(a: Array) -> int:
 def payload_bytes(rec: ArrayRecord) -> int:
     """Bytes of tensor data in a record (``numel x itemsize``), excluding npy headers and key names."""
     return sum(array_payload_bytes(a) for a in rec.values())
+
+
+def record_size(rec: ArrayRecord) -> Size:
+    """Parameters and tensor bytes of a received record, as the ledger counts them (``fedsb.comm.Size``)."""
+    return Size(sum(math.prod(a.shape) for a in rec.values()), payload_bytes(rec))
 
 
 def message_bytes(content: RecordDict) -> int:

@@ -96,6 +96,10 @@ def serve(grid: Grid, context: Context, cfg: RunConfig, opts: FlowerOptions, res
         saved = validate(from_dict(ckpt.config))
         if {**saved.to_dict(), "out": None} != {**cfg.to_dict(), "out": None}:
             raise FedsbError(f"flower.resume: the run config differs from the one saved in {out}; resume with the same config")
+        saved_wire = ckpt.meta["comm"].get("wire_dtype", "float32")
+        if saved_wire != opts.wire_dtype:  # the ledger and the nodes' decoding assume one wire dtype for the whole run
+            raise FedsbError(f"flower.resume: {out} was run with flower.wire-dtype = {saved_wire} but this resume asks for "
+                             f"{opts.wire_dtype}; resume with flower.wire-dtype = {saved_wire}")
         strategy = FedsbStrategy(cfg, opts)
         start = restore_checkpoint(strategy, ckpt)  # type: ignore[arg-type]
         rundir = RunDir(out)

@@ -7,14 +7,17 @@ communication ledger; metrics rows), but its clients are Flower ClientApps:
 - ``setup`` round (``query.setup``): every node gets the resolved config, builds the same Federation as
   the simulator and answers with its partition id, example count and (LoRA-SB, federated init) its
   gradient-sum message; the server runs ``initialise_adapters`` on the messages in partition order;
-- ``sync`` round (``query.sync``): the one-time B/A broadcast (Fed-SB), plus the absolute base residual
-  for nodes that must catch up (after a resume);
+- ``sync`` round (``query.sync``): the one-time B/A broadcast (Fed-SB), at setup and again after a resume;
 - training rounds (``train``): ``configure_train`` sends ``method.broadcast(state)``; ``aggregate_train``
   decodes and validates replies (``UpdateValidator``) and calls ``method.aggregate``.
 
 Base-weight increments (FedEx-LoRA residual, FLoRA stack) are only meaningful to a client holding every
-earlier increment. The server tracks, per node, which version of the residual it holds; a node that missed
-rounds (``federation.fraction < 1``) or joined a resumed run gets the server's absolute residual instead.
+earlier increment. The server tracks, per partition, how many aggregations' increments the node holds
+(:class:`fedsb.simulation.BaseVersions`) and names in every message the aggregation count it brings the node
+to (``base-round``): a node one behind gets the pending increment, a node that already holds it (after a
+skipped round) gets none, a node further behind (``federation.fraction < 1``, a resumed run, a failed
+message) gets the server's absolute residual. The node checks the count too, so no increment is ever
+applied twice. Client evaluation brings every node to the server's base the same way.
 """
 
 from __future__ import annotations
@@ -29,15 +32,15 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
 
-from fedsb.comm import CommLedger, payload_bytes, payload_params, to_wire
+from fedsb.comm import ClientDownload, CommLedger, Size, size_of, to_wire
 from fedsb.config import RunConfig
 from fedsb.errors import FedsbError
 from fedsb.federation import Federation, build_federation, initialise_adapters
-from fedsb.flower.records import dumps, from_record, to_record
+from fedsb.flower.records import dumps, from_record, record_size, to_record
 from fedsb.flower.wire import MeteredGrid, summarise
 from fedsb.init_sources import get_init_source
 from fedsb.methods.base import ClientUpdate, ServerState
-from fedsb.simulation import Simulator, gated_rounds, server_step
+from fedsb.simulation import BaseVersions, Simulator, cached, gated_rounds, server_step
 from fedsb.validation import UpdateValidator
 
 RoundCallback = Callable[[dict[str, Any]], None]
@@ -91,7 +94,10 @@ class FedsbStrategy(Strategy):
         self.payload: dict[str, torch.Tensor] = {}
         self.node_of: dict[int, int] = {}  # partition id -> node id
         self.examples: dict[int, int] = {}  # partition id -> declared example count
-        self.version: dict[int, int] = {}  # node id -> the round whose residual the node holds
+        self.versions = BaseVersions(cfg.federation.clients)  # partition id -> aggregations whose base it holds
+        self.downs: list[ClientDownload] = []  # what this round's train messages carried (the ledger's downloads)
+        self.uploads: list[Size] = []  # the sizes of this round's replies (the ledger's uploads)
+        self.resume_wire: dict[str, Any] = {}  # the metered setup + sync of a resume (result_summary)
         self.pending_row: dict[str, Any] = {}
         self.started = time.perf_counter()
         if self.options.secagg and not self.method.additive:
@@ -178,17 +184,8 @@ class FedsbStrategy(Strategy):
             client_messages = self.trainer.add_init_noise(client_messages)  # re-clipped and noised here
         up = initialise_adapters(fed, client_messages)
         self.init_seconds = time.perf_counter() - t0
-        k = len(fed.shards)
         one_time_down = fed.adapted.get_state(fed.method.one_time_names(fed.adapted))
-        self.one_time = {
-            "init_upload_params_per_client": up["upload_params"],
-            "init_upload_bytes_per_client": up["upload_bytes"],
-            "broadcast_params_per_client": payload_params(one_time_down),
-            # B and A travel in float32 whatever the wire dtype: a bf16 basis is no longer orthonormal.
-            "broadcast_bytes_per_client": payload_bytes(one_time_down, "float32"),
-        }
-        self.comm.record_one_time(up["upload_bytes"] * k, self.one_time["broadcast_bytes_per_client"] * k,
-                                  up["upload_params"] * k, self.one_time["broadcast_params_per_client"] * k)
+        self.one_time = self.comm.record_setup(Size(up["upload_params"], up["upload_bytes"]), one_time_down, len(fed.shards))
         self.state = fed.method.initial_state(fed.adapted)
         self.sync(grid, next_round=1)
         fed.method.load_adapter(fed.adapted, fed.method.broadcast(self.state))
@@ -199,25 +196,19 @@ class FedsbStrategy(Strategy):
                 **{k: v for k, v in wire.items()}}
         self._emit(row0)
 
-    def sync(self, grid: MeteredGrid, next_round: int) -> None:
-        """Send the one-time tensors and (when non-empty) the server's absolute residual to every node."""
+    def sync(self, grid: MeteredGrid, next_round: int, resume: bool = False) -> None:
+        """Send the one-time tensors (Fed-SB's B and A) to every node. Nodes have just been set up, so they hold
+        no base increment: each catches up the first time it is sent a round (``BaseVersions``)."""
         fed = self.fed
         grid.phase, grid.round = "sync", next_round - 1
+        self.versions = BaseVersions(self.cfg.federation.clients)
         one_time = fed.adapted.get_state(fed.method.one_time_names(fed.adapted))
-        residual = fed.adapted.residual_state()
-        if not one_time and not residual:
-            self.version = {n: next_round - 1 for n in self.node_of.values()}
+        if not one_time:
             return
-        content = {}
-        if one_time:
-            content["onetime"] = to_record(one_time, "float32")
-        if residual:
-            content["residual"] = to_record(residual, "float32")
-        msgs = [self._message(RecordDict(dict(content)), n, SYNC) for n in self.node_of.values()]
+        msgs = [self._message(RecordDict({"onetime": to_record(one_time, "float32")}), n, SYNC) for n in self.node_of.values()]
         self._ok(grid.send_and_receive(msgs, timeout=self.options.timeout), "sync")
-        # A residual sync gives every node the server's current residual, which already includes the pending
-        # increment of round ``next_round``'s broadcast.
-        self.version = {n: (next_round if residual else next_round - 1) for n in self.node_of.values()}
+        if resume:  # at setup the ledger has it as the one-time broadcast already
+            self.comm.record_resync(one_time, len(msgs))
 
     def _ok(self, replies: Iterable[Message], what: str) -> list[Message]:
         out = list(replies)
@@ -238,23 +229,38 @@ class FedsbStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord | None, config: ConfigRecord | None,
                         grid: Any) -> Iterable[Message]:
-        """One ``train`` message per sampled node: the broadcast (wire dtype) and the round's schedule offset."""
-        rec = to_record(self.payload, self.options.wire_dtype)
-        residual = None
-        msgs = []
-        for pid in self.fed.sample_clients(server_round):
-            node = self.node_of[pid]
-            held = self.version.get(node, -1)
-            cfgrec = ConfigRecord({"server-round": server_round, "step-offset": self.step_offset(server_round),
-                                   "base-applied": held == server_round, **(dict(config) if config else {})})
-            content = RecordDict({"arrays": rec, "config": cfgrec})
-            if held < server_round - 1:  # missed increments: send the absolute residual instead
-                residual = residual if residual is not None else self.fed.adapted.residual_state()
-                if residual:
-                    content["sync"] = to_record(residual, "float32")
-                cfgrec["base-applied"] = True
-            msgs.append(self._message(content, node, MessageType.TRAIN))
+        """One ``train`` message per sampled node: the broadcast (wire dtype) and the round's schedule offset.
+
+        The pending base increment goes only to a node that needs exactly it, the absolute residual (``sync``)
+        to one further behind; ``base-round`` names the aggregation count the message brings the node to."""
+        assert self.state is not None
+        extra = dict(config) if config else {}
+        msgs, self.downs = [], []
+        for pid, down, content in self._base_messages(self.fed.sample_clients(server_round)):
+            content["config"] = ConfigRecord({"server-round": server_round, "step-offset": self.step_offset(server_round),
+                                              "base-round": self.state.round, **extra})
+            msgs.append(self._message(content, self.node_of[pid], MessageType.TRAIN))
+            self.downs.append(down)
         return msgs
+
+    def _base_messages(self, partitions: Iterable[int]) -> list[tuple[int, ClientDownload, RecordDict]]:
+        """Per partition: what it must be sent (``BaseVersions``) and the records carrying it."""
+        assert self.state is not None
+        residual = cached(self.fed.adapted.residual_state)
+        records: dict[tuple[str, ...], ArrayRecord] = {}  # at most two broadcasts: with and without the increment
+        catchup: ArrayRecord | None = None
+        out = []
+        for pid in partitions:
+            down = self.versions.download(pid, self.payload, self.state.round, residual)
+            key = tuple(down.broadcast)
+            if key not in records:
+                records[key] = to_record(down.broadcast, self.options.wire_dtype)
+            content = RecordDict({"arrays": records[key]})
+            if down.catchup:
+                catchup = catchup if catchup is not None else to_record(down.catchup, "float32")
+                content["sync"] = catchup
+            out.append((pid, down, content))
+        return out
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Decode and validate the uploads, aggregate with the method, update the server model."""
@@ -263,15 +269,22 @@ class FedsbStrategy(Strategy):
         failed: list[dict[str, str]] = []
         part = self.partition_of
         shapes = fed.adapted.shapes()
+        assert self.state is not None
+        self.uploads = []
         for r in replies:
             node = int(r.metadata.src_node_id)
             pid = part.get(node)
             if r.has_error():
+                if pid is not None:
+                    self.versions.forget(pid)  # it may have stopped half-way: send it the absolute residual next time
                 failed.append({"client": str(pid if pid is not None else f"node {node}"), "reason": f"node error: {r.error.reason}"})
                 continue
             if pid is None:
                 failed.append({"client": f"node {node}", "reason": "reply from a node that is not part of this run"})
                 continue
+            # It handled the message, so it holds the base the message named; what it sent travelled, valid or not.
+            self.versions.received(pid, self.state.round)
+            self.uploads.append(record_size(r.content["arrays"]) if "arrays" in r.content.array_records else Size(0, 0))
             try:
                 payload = from_record(r.content["arrays"], self.options.wire_dtype, shapes, what=f"upload of client {pid}")
                 m = r.content["metrics"]
@@ -280,7 +293,6 @@ class FedsbStrategy(Strategy):
             except (FedsbError, KeyError, TypeError, ValueError) as e:
                 failed.append({"client": str(pid), "reason": str(e)})
                 continue
-            self.version[node] = server_round
             try:
                 self.record_history(pid, r.content)  # spent whether or not the update is accepted
             except FedsbError as e:
@@ -295,7 +307,13 @@ class FedsbStrategy(Strategy):
                    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         fed, method = self.fed, self.method
         assert self.state is not None
-        comm_row = self.comm.record_round(self.payload, comm_uploads if comm_uploads is not None else [u.payload for u in updates])
+        if comm_uploads is not None:  # SecAgg+: every sampled node got the broadcast (additive methods: no base
+            # increments) and each of k clients uploaded one masked tensor set of the mean's size
+            downs = [ClientDownload(self.payload) for _ in fed.sample_clients(server_round)]
+            ups = [size_of(u, self.options.wire_dtype) for u in comm_uploads]
+        else:
+            downs, ups = self.downs, self.uploads
+        comm_row = self.comm.record_round(downs, ups)
         need = 1 if secure else self.validator.min_clients
         self.state, accepted, rejected, skipped, next_payload = server_step(
             fed, method, self.state, updates, self.validator, self.options.wire_dtype, need
@@ -317,13 +335,20 @@ class FedsbStrategy(Strategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord | None, config: ConfigRecord | None,
                            grid: Any) -> Iterable[Message]:
-        """Federated evaluation on each node's local test data (``flower.client-eval``); off by default."""
+        """Federated evaluation on each node's local test data (``flower.client-eval``); off by default.
+
+        Each node is brought to the server's base for the evaluation as for training (the pending increment or
+        the absolute residual), without keeping it: the next train message still brings what it needs."""
         if not self.options.client_eval:
             return []
-        rec = to_record(self.payload, self.options.wire_dtype)
-        cfgrec = {"server-round": server_round}
-        return [self._message(RecordDict({"arrays": rec, "config": ConfigRecord(dict(cfgrec))}), n, MessageType.EVALUATE)
-                for n in self.node_of.values()]
+        assert self.state is not None
+        msgs, downs = [], []
+        for pid, down, content in self._base_messages(sorted(self.node_of)):
+            content["config"] = ConfigRecord({"server-round": server_round, "base-round": self.state.round})
+            msgs.append(self._message(content, self.node_of[pid], MessageType.EVALUATE))
+            downs.append(down)
+        self.comm.record_evaluate(downs)
+        return msgs
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         out: dict[str, float] = {}
@@ -373,8 +398,10 @@ class FedsbStrategy(Strategy):
             self.setup(metered)
         else:
             self.setup(metered, resume=True)
-            self.sync(metered, next_round=start_round)
+            self.sync(metered, next_round=start_round, resume=True)
             self.payload = to_wire(self.method.broadcast(self.state), self.options.wire_dtype)
+            wire = summarise(metered.take("setup") + metered.take("sync"))  # the ledger's resync, as metered
+            self.resume_wire = {k: v for k, v in wire.items() if k != "wire_messages"}
         secagg = SecAggRunner(self, metered, context) if self.options.secagg else None
         try:
             rounds = self.cfg.federation.rounds
@@ -414,6 +441,7 @@ class FedsbStrategy(Strategy):
             "wire_download_message_bytes_total": sum(r.get("wire_download_message_bytes", 0) for r in rounds),
             "wire_setup": {k: v for k, v in self.rows[0].items() if k.startswith("wire_") and k != "wire_messages"}
             if self.rows and self.rows[0].get("round") == 0 else {},
+            "wire_resume": self.resume_wire,  # this resume's setup and one-time re-send
             "partitions": {str(p): n for p, n in sorted(self.node_of.items())},
         }
         return s

@@ -88,6 +88,8 @@ class Method(ABC):
     summary: ClassVar[str]
     #: Uploads are only ever summed (no products of client tensors): secure aggregation and client-level DP apply.
     additive: ClassVar[bool] = False
+    #: Aggregation also yields a base-weight increment (``ServerState.pending``) every client folds in once.
+    base_updates: ClassVar[bool] = False
     #: The adapters start from the gradient-based LoRA-SB init (a setup round that may read client data).
     gradient_init: ClassVar[bool] = False
     #: ``fedsb compare`` sweeps this method over ``--fedsb-ranks`` (its rank is r of an r x r core), else ``--lora-rank``.

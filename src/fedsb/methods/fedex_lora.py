@@ -24,6 +24,7 @@ class FedExLoRA(Method):
     name = "fedex-lora"
     adapter_mode = "lora"
     exact = True
+    base_updates = True
     summary = "FedAvg of LoRA + exact residual folded into the base weight (dense d_in*d_out download)"
     plot_style = ("D", "tab:purple")
     relative_cost = 3

@@ -21,6 +21,7 @@ class FLoRA(Method):
     name = "flora"
     adapter_mode = "lora"
     exact = True
+    base_updates = True
     summary = "Stack client LoRA factors; clients merge the stack and restart (exact, download grows with k)"
     plot_style = ("v", "tab:orange")
     relative_cost = 3

@@ -35,6 +35,7 @@ from fedsb.comm import (
     to_wire,
 )
 from fedsb.config import RunConfig
+from fedsb.devices import client_rng
 from fedsb.federation import Federation, build_federation, initialise_adapters
 from fedsb.methods.base import ClientUpdate, Method, ServerState, is_base_update
 from fedsb.training import build_optimizer, local_train
@@ -228,7 +229,8 @@ class Simulator:
         updates: list[ClientUpdate] = []
         for c in sampled:
             method.load_adapter(fed.adapted, payload)
-            metrics = self.trainer(fed, c, round_idx, sched_offset)
+            with client_rng(fed.cfg.seed, round_idx, c, fed.device):  # dropout: a function of (seed, round, client)
+                metrics = self.trainer(fed, c, round_idx, sched_offset)
             up = to_wire(method.client_update(fed.adapted), self.comm.wire_dtype)
             updates.append(ClientUpdate(str(c), up, len(fed.shards[c]), metrics))
             if bar is not None:

@@ -33,6 +33,7 @@ from flwr.common.constant import ErrorCode
 from torch import Tensor
 
 from fedsb.config import RunConfig, from_dict, validate
+from fedsb.devices import client_rng
 from fedsb.errors import FedsbError
 from fedsb.federation import Federation, build_federation, client_init_message, scheduled_clients
 from fedsb.flower.records import dumps, from_record, to_record
@@ -271,8 +272,11 @@ def local_round(node: Node, context: Context, payload: dict[str, Tensor], base_a
     else:
         method.receive(fed.adapted, payload)
     save_residual(node, context)
+    # Dropout draws from the global RNG: seeded per (seed, round, partition), as the simulator does per client.
+    rng = client_rng(node.cfg.seed, rnd, node.partition, fed.device)
     if dp is not None:  # DP trainer: accountant loaded from and saved to Context.state around the round
-        metrics = dp(fed, node.client, rnd, step_offset)
+        with rng:
+            metrics = dp(fed, node.client, rnd, step_offset)
         if dp.mode == "client":  # sample-level DP charges its steps inside; here the server's release of this round
             dp.charge_node_round(node.client)
         save_dp(dp, context)
@@ -280,7 +284,8 @@ def local_round(node: Node, context: Context, payload: dict[str, Tensor], base_a
     load_fn, state_fn = getattr(_TRAINER, "load_state_dict", None), getattr(_TRAINER, "state_dict", None)
     if callable(load_fn) and STATE_TRAINER in context.state.config_records:
         load_fn(json.loads(str(context.state.config_records[STATE_TRAINER]["json"])))
-    metrics = _TRAINER(fed, node.client, rnd, step_offset)
+    with rng:
+        metrics = _TRAINER(fed, node.client, rnd, step_offset)
     if callable(state_fn):
         context.state[STATE_TRAINER] = ConfigRecord({"json": json.dumps(state_fn())})
     return method.client_update(fed.adapted), metrics

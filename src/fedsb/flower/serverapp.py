@@ -6,7 +6,8 @@ keys for the transport (:class:`~fedsb.flower.strategy.FlowerOptions`):
 
 ====================================  =======================================================================
 ``flower.config-file``                a fedsb TOML config read first (the other keys override it)
-``flower.wire-dtype``                 ``float32`` | ``bfloat16`` | ``float16``: dtype of R/B (etc.) on the wire
+``flower.wire-dtype``                 ``float32`` | ``bfloat16`` | ``float16``: dtype of R/B (etc.) on the wire;
+                                      fixed for a run (a resume with another is refused)
 ``flower.secagg``                     ``true``: SecAgg+ (Fed-SB, FFA-LoRA, FedIT only)
 ``flower.secagg-clipping-range``      SecAgg+ clipping range (default 8.0)
 ``flower.secagg-quantization-range``  SecAgg+ quantization levels (default 2**24)

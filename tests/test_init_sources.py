@@ -312,3 +312,123 @@ def test_public_init_without_public_examples_is_refused_not_random() -> None:
     with pytest.raises(FedsbError, match="no public examples"):
         initialise_adapters(fed)
     assert tiny_federation(method="fed-sb", init={"source": "public"}).public, "a public federation holds its slice"
+
+
+# --- bounded influence of one client on B and A (DESIGN §5.2) --------------------------------------------
+
+ATTACK_SHAPES = {"a": (64, 48)}
+
+
+def shared_signal_messages(k: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """k honest gradient sums: a common rank-4 signal (what the clients' data agree on) plus client noise."""
+    g = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(64, 4, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(48, 4, generator=g))
+    signal = u @ torch.diag(torch.tensor([8.0, 6.0, 5.0, 4.0])) @ v.T
+    return [{"a": signal + torch.randn(64, 48, generator=g) / 16} for _ in range(k)]
+
+
+def init_factors(src, msgs: list[tuple[dict[str, torch.Tensor], int]], **bounds) -> tuple[torch.Tensor, torch.Tensor]:
+    from fedsb.init_sources import Combiner
+
+    combiner = Combiner(src, **bounds)
+    for m, n in msgs:
+        combiner.add(m, n)
+    b, a, _ = lora_sb_factors(combiner.result()["a"], 4, 1.0, "exact")
+    return b, a
+
+
+def agreement(x: tuple[torch.Tensor, torch.Tensor], y: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """The smaller of the mean cos^2 of the principal angles between the B and between the A subspaces."""
+    return min(mean_cos2(x[0], y[0]), mean_cos2(x[1].T, y[1].T))
+
+
+def lowrank_source(bits: int) -> LowRankInit:
+    return LowRankInit(ETA, ATTACK_SHAPES, rank=8, bits=bits)
+
+
+@pytest.mark.parametrize("source", ["federated", "lowrank-32", "lowrank-8"])
+def test_a_scaled_init_message_counts_as_one_honest_message(source: str) -> None:
+    """1e6 x a client's own message (dense sum, or low-rank factors): clipped to the median norm, the init is
+    the three-client init, within a small principal angle of the honest-only one."""
+    src = DenseInit(ETA, ATTACK_SHAPES) if source == "federated" else lowrank_source(int(source.split("-")[1]))
+    sums = shared_signal_messages(3)
+    honest = [(src.encode(s, 8), 8) for s in sums]
+    scaled = (src.encode({"a": 1e6 * sums[1]["a"]}, 8), 8)
+    honest_only = init_factors(src, [honest[0], honest[2]], norm_factor=1.0)
+    three = init_factors(src, honest, norm_factor=1.0)
+    attacked = init_factors(src, [honest[0], scaled, honest[2]], norm_factor=1.0)
+    assert agreement(attacked, three) > 0.99
+    assert agreement(attacked, honest_only) > 0.95
+
+
+@pytest.mark.parametrize("source", ["federated", "lowrank-32", "lowrank-8"])
+def test_one_client_cannot_choose_b_and_a(source: str) -> None:
+    """A message of the client's choosing (a rank-4 matrix of its own) scaled by 1e6: without the bound the
+    init is the attacker's subspace; with it the honest subspace survives."""
+    src = DenseInit(ETA, ATTACK_SHAPES) if source == "federated" else lowrank_source(int(source.split("-")[1]))
+    sums = shared_signal_messages(3)
+    g = torch.Generator().manual_seed(9)
+    target = {"a": torch.randn(64, 4, generator=g) @ torch.randn(4, 48, generator=g)}
+    chosen = lora_sb_factors(-target["a"], 4, 1.0, "exact")[:2]
+    honest = [(src.encode(s, 8), 8) for s in sums]
+    bad = (src.encode({"a": 1e6 * target["a"]}, 8), 8)
+    honest_only = init_factors(src, [honest[0], honest[2]], norm_factor=1.0)
+    attacked = init_factors(src, [honest[0], bad, honest[2]], norm_factor=1.0)
+    assert agreement(init_factors(src, [honest[0], bad, honest[2]]), chosen) > 0.8  # unbounded: the attacker's B, A
+    assert agreement(attacked, chosen) < 0.3
+    assert agreement(attacked, honest_only) > 0.7
+
+
+def test_two_clients_a_scaled_message_is_held_to_the_honest_norm() -> None:
+    """With two clients the lower median is the honest norm: the scaled message counts no more than it."""
+    from fedsb.init_sources import Combiner
+
+    src = DenseInit(ETA, ATTACK_SHAPES)
+    h, bad = shared_signal_messages(2)
+    combiner = Combiner(src, norm_factor=1.0)
+    combiner.add(h, 8)
+    combiner.add({"a": 1e6 * bad["a"]}, 8)
+    combiner.result()
+    assert combiner.clipped == [{"client": 1, "layers": 1, "min_scale": pytest.approx(float(h["a"].norm() / (1e6 * bad["a"].norm())), rel=1e-4)}]
+
+
+def test_a_billion_sign_votes_weigh_as_one_full_client() -> None:
+    """init-examples = 1e9 is capped at init.samples: wherever the two honest clients agree, their sign stands."""
+    src = SignInit(ETA, ATTACK_SHAPES)
+    sums = shared_signal_messages(2)
+    g = torch.Generator().manual_seed(3)
+    target = {"a": torch.randn(64, 48, generator=g)}
+    msgs = [(src.encode(sums[0], 8), 8), (src.encode(target, 10**9), 10**9), (src.encode(sums[1], 8), 8)]
+    from fedsb.init_sources import Combiner
+
+    combiner = Combiner(src, max_examples=8)
+    for m, n in msgs:
+        combiner.add(m, n)
+    out = combiner.result()["a"]
+    agree = torch.sign(sums[0]["a"]) == torch.sign(sums[1]["a"])
+    assert torch.equal(torch.sign(out)[agree], -torch.sign(sums[0]["a"])[agree])  # dW = -eta sign(sum)
+    assert combiner.clipped == [{"client": 1, "examples": 10**9, "cap": 8}]
+    assert not torch.equal(torch.sign(src.combine(msgs)["a"]), torch.sign(out)), "unbounded, the billion votes win"
+
+
+@pytest.mark.parametrize("source", ["federated", "federated-lowrank"])
+def test_initialise_adapters_bounds_a_scaled_client_message(source: str) -> None:
+    """Through the federation (the simulator's and Flower's path), on by default: client 1's message scaled by
+    1e6 is clipped in every layer and reported; with federation.init_norm_factor = 0 it alone decides B, A."""
+    from fedsb.adapters.subspace import adapter_factors, init_agreement
+    from fedsb.federation import client_init_message
+
+    fed = tiny_federation(init={"source": source, "lowrank_bits": 32})
+    assert fed.cfg.federation.init_norm_factor == 1.0
+    msgs = [client_init_message(fed, c) for c in range(3)]
+    bad = ({k: 1e6 * v if not k.endswith(".right") else v for k, v in msgs[1][0].items()}, msgs[1][1])
+    initialise_adapters(fed, [bad])
+    alone = adapter_factors(fed.adapted)
+    up = initialise_adapters(fed, [msgs[0], bad, msgs[2]])
+    assert [c["client"] for c in up["clipped"]] == [1] and up["clipped"][0]["layers"] == len(fed.adapted.layers)
+    bounded = min(init_agreement(alone, adapter_factors(fed.adapted)).values())
+    fed.cfg.federation.init_norm_factor = 0.0
+    up = initialise_adapters(fed, [msgs[0], bad, msgs[2]])
+    assert up["clipped"] == [] and min(init_agreement(alone, adapter_factors(fed.adapted)).values()) > 0.99
+    assert bounded < 0.8

@@ -79,8 +79,12 @@ class FederationConfig:
     shards_per_client: int = 2
     weighting: str = "examples"  # examples (p_i = n_i / sum n) | uniform
     min_clients: int = 1  # a round is skipped when fewer valid updates arrive
-    norm_factor: float = 100.0  # reject an update whose norm exceeds norm_factor x the round's median (0 = off)
-    max_examples_factor: float = 100.0  # reject a declared example count above this x the round's median (0 = off)
+    # Bounded client influence (README "Failure handling"; fedsb.validation). Each update's change from what was
+    # broadcast is clipped to norm_factor x the round's (lower) median change and to max_change_norm.
+    norm_factor: float = 2.0  # clip changes above norm_factor x the round's median change (0 = off)
+    max_change_norm: float | None = None  # absolute cap on a change's norm; unset = the largest change local AdamW can make; 0 = off
+    max_examples_factor: float = 2.0  # a client's weight counts at most this x the median example count declared at setup (0 = off)
+    init_norm_factor: float = 1.0  # clip each LoRA-SB init message, per layer, to this x the clients' median norm (0 = off)
 
 
 @dataclass
@@ -174,6 +178,8 @@ RANGES: list[tuple[str, float, float, bool]] = [
     ("federation.min_clients", 1, float("inf"), True),
     ("federation.norm_factor", 0, float("inf"), True),
     ("federation.max_examples_factor", 0, float("inf"), True),
+    ("federation.max_change_norm", 0, float("inf"), True),
+    ("federation.init_norm_factor", 0, float("inf"), True),
     ("seed", 0, 2**32 - 1, True),
     ("train.local_steps", 1, float("inf"), True),
     ("train.local_epochs", 0, float("inf"), False),

@@ -9,6 +9,7 @@ import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -194,8 +195,9 @@ def public_init_examples(fed: Federation) -> list[Example]:
     return fed.public
 
 
-def initialise_adapters(fed: Federation, client_messages: Iterable[tuple[dict[str, torch.Tensor], int]] | None = None) -> dict[str, int]:
-    """Server-side adapter initialisation; returns the one-time upload (bytes, params) per client.
+def initialise_adapters(fed: Federation, client_messages: Iterable[tuple[dict[str, torch.Tensor], int]] | None = None) -> dict[str, Any]:
+    """Server-side adapter initialisation; returns the one-time upload (bytes, params) per client and what
+    the server bounded (``clipped``: see :class:`fedsb.init_sources.Combiner`).
 
     LoRA-SB methods: combine the clients' init messages (``federated``) or the server's own gradient on
     public data (``public``) into ``dW``, then SVD into B, A, R0. LoRA methods: seeded standard init.
@@ -203,9 +205,12 @@ def initialise_adapters(fed: Federation, client_messages: Iterable[tuple[dict[st
     cfg = fed.cfg
     if not fed.method.gradient_init:
         fed.adapted.init_lora(cfg.seed)
-        return {"upload_bytes": 0, "upload_params": 0}
+        return {"upload_bytes": 0, "upload_params": 0, "clipped": []}
     source = init_source_for(cfg.init, cfg.adapter.rank, layer_shapes(fed), cfg.seed)
-    combiner = Combiner(source)
+    # One client must not choose B and A (DESIGN §5.2). Under client-level DP the server already clips every
+    # message to C, and its noise summand must keep its scale: no median clipping there.
+    norm_factor = cfg.federation.init_norm_factor if cfg.dp.mode != "client" else 0.0
+    combiner = Combiner(source, norm_factor, max_examples=cfg.init.samples)
     up_bytes = up_params = 0
     if source.federated:
         # Each message is added to the running total as it is made, so the server never holds all k.
@@ -219,4 +224,4 @@ def initialise_adapters(fed: Federation, client_messages: Iterable[tuple[dict[st
         combiner.add(source.encode(sums, n), n)
     directions = combiner.result()
     lora_sb_init_from_directions(fed.adapted, directions, cfg.init.svd, cfg.init.oversample, cfg.init.niter, cfg.seed)
-    return {"upload_bytes": up_bytes, "upload_params": up_params}
+    return {"upload_bytes": up_bytes, "upload_params": up_params, "clipped": combiner.clipped}

@@ -20,6 +20,11 @@
 
 Every ``combine`` validates what it receives (keys, dtype, shape, length, finite values) against the
 layer shapes the server holds and raises :class:`fedsb.errors.FedsbError` naming the bad message.
+
+One client must not choose B and A for the whole run (DESIGN §5.2): the server's :class:`Combiner` clips each
+client's dense sum or low-rank product, per layer, to ``federation.init_norm_factor`` x the lower median of
+the clients' norms for that layer, and a sign vote weighs at most ``init.samples`` examples (the most an
+honest client's gradient sum holds).
 """
 
 from __future__ import annotations
@@ -74,8 +79,14 @@ class InitSource(ABC):
         """An empty running total."""
 
     @abstractmethod
-    def add(self, total: dict[str, Tensor], message: Message, num_examples: int, client: int) -> None:
-        """Check one client's message and add it to ``total`` in place."""
+    def add(self, total: dict[str, Tensor], message: Message, num_examples: int, client: int,
+            scale: dict[str, float] | None = None) -> None:
+        """Check one client's message and add it to ``total`` in place (layer ``name`` times ``scale[name]``)."""
+
+    def layer_norms(self, message: Message, client: int) -> dict[str, float] | None:
+        """Check one client's message; the Frobenius norm of what it adds to each layer's total (None: this
+        source adds votes, not values, so norms do not apply)."""
+        return None
 
     @abstractmethod
     def finish(self, total: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -108,11 +119,20 @@ class DenseInit(InitSource):
                                  f"{tuple(shapes[k])}, got {v.dtype} {tuple(v.shape)}")
             if not bool(torch.isfinite(v).all()):
                 raise FedsbError(f"init message of client {client}, layer {k!r} has non-finite values; it is rejected")
+
+    def layer_norms(self, message: Message, client: int) -> dict[str, float] | None:
+        self._check(message, client, {})
+        return {k: float(v.double().norm()) for k, v in message.items()}
+
+    def add(self, total: dict[str, Tensor], message: Message, num_examples: int, client: int,
+            scale: dict[str, float] | None = None) -> None:
+        self._check(message, client, total)
         for k, v in message.items():  # checked first: a bad message leaves the total untouched
+            s = 1.0 if scale is None else scale.get(k, 1.0)
             if k in total:
-                total[k].add_(v)
+                total[k].add_(v, alpha=s)
             else:
-                total[k] = v.clone()
+                total[k] = v.clone() if s == 1.0 else v * s
 
     def finish(self, total: dict[str, Tensor]) -> dict[str, Tensor]:
         return {k: update_direction(v, self.eta) for k, v in total.items()}
@@ -129,19 +149,50 @@ class PublicInit(DenseInit):
 
 
 class Combiner:
-    """Adds the clients' init messages to a running total as they arrive, then forms the update directions."""
+    """Adds the clients' init messages to a running total as they arrive, then forms the update directions.
 
-    def __init__(self, source: InitSource) -> None:
+    Bounds (DESIGN §5.2; off by default here, on through ``initialise_adapters``): ``norm_factor`` clips each
+    message, per layer, to ``norm_factor`` x the lower median of the messages' norms for that layer (with two
+    clients the smaller one, so one of two cannot raise it); ``max_examples`` caps a vote's weight. Clipping
+    needs every norm before anything is added, so then the checked messages are held until :meth:`result`
+    (k encoded messages, as the Flower server receives them anyway); without it each is added on arrival.
+    ``clipped`` lists ``{client, layers, min_scale}`` (how many layers of that client's message were scaled
+    down, and the smallest factor) and ``{client, examples, cap}`` (a capped vote weight).
+    """
+
+    def __init__(self, source: InitSource, norm_factor: float = 0.0, max_examples: int | None = None) -> None:
         self.source, self.total, self.count = source, source.start(), 0
+        self.norm_factor, self.max_examples = norm_factor, max_examples
+        self.held: list[tuple[Message, int, int, dict[str, float]]] = []
+        self.clipped: list[dict[str, Any]] = []
 
     def add(self, message: Message, num_examples: int) -> None:
-        self.source.add(self.total, message, num_examples, self.count)
+        if self.max_examples is not None and num_examples > self.max_examples:
+            self.clipped.append({"client": self.count, "examples": num_examples, "cap": self.max_examples})
+            num_examples = self.max_examples
+        norms = self.source.layer_norms(message, self.count) if self.norm_factor else None
+        if norms is None:
+            self.source.add(self.total, message, num_examples, self.count)
+        else:
+            self.held.append((message, num_examples, self.count, norms))
         self.count += 1
 
     def result(self) -> dict[str, Tensor]:
         if self.count == 0:
             raise FedsbError("no init messages arrived; the federated init needs at least one client")
+        if self.held:
+            bounds = {k: self.norm_factor * _lower_median([h[3][k] for h in self.held]) for k in self.held[0][3]}
+            for message, n, client, norms in self.held:
+                scale = {k: b / norms[k] for k, b in bounds.items() if norms[k] > b}
+                if scale:
+                    self.clipped.append({"client": client, "layers": len(scale), "min_scale": min(scale.values())})
+                self.source.add(self.total, message, n, client, scale)
+            self.held = []
         return self.source.finish(self.total)
+
+
+def _lower_median(values: list[float]) -> float:
+    return sorted(values)[(len(values) - 1) // 2]
 
 
 def _server_shapes(source: InitSource) -> Shapes:
@@ -207,7 +258,8 @@ class SignInit(InitSource):
         # Integer vote totals: the result does not depend on the order the clients arrive in.
         return {name: torch.zeros(d_out * d_in, dtype=torch.int64) for name, (d_out, d_in) in _server_shapes(self).items()}
 
-    def add(self, total: dict[str, Tensor], message: Message, num_examples: int, client: int) -> None:
+    def add(self, total: dict[str, Tensor], message: Message, num_examples: int, client: int,
+            scale: dict[str, float] | None = None) -> None:
         _check_keys(message, set(total), client)
         if num_examples <= 0:
             raise FedsbError(f"init message of client {client} claims {num_examples} examples; it must be > 0")
@@ -370,7 +422,7 @@ class LowRankInit(InitSource):
         # Running sum of the products left @ right.T (still rotated for quantised factors: H_L M H_R^T).
         return {name: torch.zeros(d_out, d_in) for name, (d_out, d_in) in _server_shapes(self).items()}
 
-    def add(self, total: dict[str, Tensor], message: Message, num_examples: int, client: int) -> None:
+    def _factors(self, message: Message, client: int) -> dict[str, tuple[Tensor, Tensor]]:
         shapes = _server_shapes(self)
         _check_keys(message, self._expected_keys(shapes), client)
         products = {}
@@ -381,8 +433,21 @@ class LowRankInit(InitSource):
                 raise FedsbError(f"init message of client {client}, layer {name!r}: factors of ranks {left.shape[1]} and "
                                  f"{right.shape[1]} differ")
             products[name] = (left, right)
+        return products
+
+    def layer_norms(self, message: Message, client: int) -> dict[str, float] | None:
+        # ||L R^T||_F^2 = sum((L^T L) * (R^T R)): r' x r' work; the rotation of quantised factors is orthogonal.
+        out = {}
+        for name, (left, right) in self._factors(message, client).items():
+            left, right = left.double(), right.double()
+            out[name] = math.sqrt(max(0.0, float(((left.T @ left) * (right.T @ right)).sum())))
+        return out
+
+    def add(self, total: dict[str, Tensor], message: Message, num_examples: int, client: int,
+            scale: dict[str, float] | None = None) -> None:
+        products = self._factors(message, client)
         for name, (left, right) in products.items():  # checked first: a bad message leaves the total untouched
-            total[name].addmm_(left, right.T)
+            total[name].addmm_(left, right.T, alpha=1.0 if scale is None else scale.get(name, 1.0))
 
     def finish(self, total: dict[str, Tensor]) -> dict[str, Tensor]:
         out = {}

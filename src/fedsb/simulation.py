@@ -96,8 +96,13 @@ def server_step(
 ) -> tuple[ServerState, list[ClientUpdate], list[tuple[ClientUpdate, str]], bool, dict[str, torch.Tensor]]:
     """The server's half of a round, shared by the simulator and the Flower strategy: validate the updates,
     aggregate them (or skip the round when fewer than ``min_valid`` are valid), build the next broadcast and
-    apply it to the server's model. Returns (state, accepted, rejected, skipped, next payload)."""
-    accepted, rejected = validator.filter(updates, state.adapter, method.upload_names(fed.adapted), fed.adapted.shapes())
+    apply it to the server's model. Returns (state, accepted, rejected, skipped, next payload); what the
+    validator clipped or capped is in ``validator.clipped`` / ``validator.capped``."""
+    names = method.upload_names(fed.adapted)
+    # What every client started from (the broadcast adapter; FLoRA's fresh one): changes are measured from it.
+    method.load_adapter(fed.adapted, to_wire(state.adapter, wire_dtype))
+    reference = fed.adapted.get_state(names)
+    accepted, rejected = validator.filter(updates, reference, names, fed.adapted.shapes(), wire_dtype)
     skipped = len(accepted) < min_valid
     if not skipped:
         state = method.aggregate(state, accepted)
@@ -191,12 +196,15 @@ class Simulator:
         self.progress = progress
         self.comm = CommLedger(wire_dtype=wire_dtype)
         self.versions = BaseVersions(len(self.fed.shards))  # not checkpointed: a resume starts every client empty
-        # A declared example count above the whole training set is impossible (README "Failure handling").
-        self.validator = UpdateValidator.from_config(cfg, max_examples=len(self.fed.task.train))
+        # A declared example count above the whole training set is impossible (README "Failure handling"); a
+        # round's count must equal the client's shard size, the simulator's setup declaration.
+        self.validator = UpdateValidator.from_config(cfg, max_examples=len(self.fed.task.train), fed=self.fed)
+        self.validator.declare({str(c): len(s) for c, s in enumerate(self.fed.shards)})
         self.rows: list[dict[str, Any]] = []
         self.state: ServerState | None = None
         self.one_time: dict[str, int] = {}
         self.init_seconds = 0.0
+        self.init_clipped: list[dict[str, Any]] = []  # init messages the server clipped (row 0's ``clipped``)
         self.stop_reason: str | None = None  # set when the trainer's budget ends the run early
         self.final_round: int | None = None
 
@@ -207,6 +215,7 @@ class Simulator:
         init_messages = getattr(self.trainer, "init_messages", None)  # a DP trainer privatises the init upload
         up = initialise_adapters(fed, init_messages(fed) if init_messages else None)
         self.init_seconds = time.perf_counter() - t0
+        self.init_clipped = up["clipped"]
         one_time_down = fed.adapted.get_state(fed.method.one_time_names(fed.adapted))
         self.one_time = self.comm.record_setup(Size(up["upload_params"], up["upload_bytes"]), one_time_down, len(fed.shards))
         self.state = fed.method.initial_state(fed.adapted)
@@ -247,6 +256,8 @@ class Simulator:
             "clients_sampled": len(sampled),
             "clients_accepted": len(accepted),
             "rejected": [{"client": u.client_id, "reason": why} for u, why in rejected],
+            "clipped": self.validator.clipped,
+            "capped": self.validator.capped,
             "skipped": skipped,
             "train_loss": sum(u.metrics.get("train_loss", 0.0) for u in accepted) / max(len(accepted), 1) if accepted else None,
             **{f"{k}": v for k, v in comm_row.items() if k != "clients"},
@@ -272,7 +283,8 @@ class Simulator:
             self.initialise()
             fed.method.load_adapter(fed.adapted, fed.method.broadcast(self.state))
             report = getattr(self.trainer, "round_report", None)  # DP: what the init has spent
-            row0 = {"round": 0, **self.evaluate(), **(report(0) if report else {}), "seconds": round(self.init_seconds, 3)}
+            row0 = {"round": 0, **self.evaluate(), **(report(0) if report else {}), "clipped": self.init_clipped,
+                    "seconds": round(self.init_seconds, 3)}
             self.rows.append(row0)
             if self.on_round:
                 self.on_round(row0)

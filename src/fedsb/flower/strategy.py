@@ -76,7 +76,8 @@ class FedsbStrategy(Strategy):
         self.fed = fed or build_federation(cfg)
         self.method = self.fed.method
         self.comm = CommLedger(wire_dtype=self.options.wire_dtype)
-        self.validator = UpdateValidator.from_config(cfg)  # norm and example-count bounds from [federation]
+        # Format checks and the bounds of [federation] (DESIGN §5.2); setup() records each node's declared count.
+        self.validator = UpdateValidator.from_config(cfg, fed=self.fed)
         self.on_round = on_round
         # The simulator's DP trainer on the server side: the accountants (sample-level: mirrored from the
         # nodes' reports; client-level: the server's own) and, for client-level DP, the noising aggregate.
@@ -177,6 +178,7 @@ class FedsbStrategy(Strategy):
                                   int(m["init-examples"]))
         if len(self.node_of) < cfg.federation.clients:
             raise FedsbError(f"{len(self.node_of)} of {cfg.federation.clients} partitions answered the setup round; check the SuperNode logs")
+        self.validator.declare({str(p): n for p, n in self.examples.items()})  # every round's count must match
         if resume:
             return
         client_messages = [init_msgs[p] for p in sorted(init_msgs)] if want_init else None
@@ -192,7 +194,8 @@ class FedsbStrategy(Strategy):
         self.payload = to_wire(fed.method.broadcast(self.state), self.options.wire_dtype)
         wire = summarise(grid.take("setup") + grid.take("sync"))
         report = getattr(self.trainer, "round_report", None)  # DP: what the init has spent
-        row0 = {"round": 0, **self.evaluate(), **(report(0) if report else {}), "seconds": round(self.init_seconds, 3),
+        row0 = {"round": 0, **self.evaluate(), **(report(0) if report else {}), "clipped": up["clipped"],
+                "seconds": round(self.init_seconds, 3),
                 **{k: v for k, v in wire.items()}}
         self._emit(row0)
 
@@ -315,8 +318,10 @@ class FedsbStrategy(Strategy):
             downs, ups = self.downs, self.uploads
         comm_row = self.comm.record_round(downs, ups)
         need = 1 if secure else self.validator.min_clients
+        # SecAgg+ shows the server only the mean: no single update to bound (README "Secure aggregation").
+        validator = self.validator.without_bounds() if secure else self.validator
         self.state, accepted, rejected, skipped, next_payload = server_step(
-            fed, method, self.state, updates, self.validator, self.options.wire_dtype, need
+            fed, method, self.state, updates, validator, self.options.wire_dtype, need
         )
         self.payload = next_payload
         losses = [u.metrics.get("train_loss") for u in accepted if "train_loss" in u.metrics]
@@ -325,6 +330,8 @@ class FedsbStrategy(Strategy):
             "clients_sampled": len(fed.sample_clients(server_round)),
             "clients_accepted": len(accepted),
             "rejected": failed + [{"client": u.client_id, "reason": why} for u, why in rejected],
+            "clipped": validator.clipped,
+            "capped": validator.capped,
             "skipped": skipped,
             "train_loss": sum(losses) / len(losses) if losses else None,
             **{k: v for k, v in comm_row.items() if k != "clients"},

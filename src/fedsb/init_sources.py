@@ -110,8 +110,8 @@ class DenseInit(InitSource):
     def start(self) -> dict[str, Tensor]:
         return {}
 
-    def add(self, total: dict[str, Tensor], message: Message, num_examples: int, client: int) -> None:
-        shapes = self.shapes or {k: tuple(v.shape) for k, v in (total or message).items()}
+    def _check(self, message: Message, client: int, like: dict[str, Tensor]) -> None:
+        shapes = self.shapes or {k: tuple(v.shape) for k, v in (like or message).items()}
         _check_keys(message, set(shapes), client)
         for k, v in message.items():
             if v.dtype != torch.float32 or tuple(v.shape) != tuple(shapes[k]):

@@ -41,7 +41,7 @@ def lora_factors(adapted: AdaptedModel) -> tuple[dict[str, tuple[Tensor, Tensor]
         else:
             a = layer.lora_A.weight.detach().clone()
             b = (layer.scaling * layer.lora_B.weight).detach()
-        out[name] = (b.contiguous(), a.contiguous())
+        out[name] = (b.contiguous().cpu(), a.contiguous().cpu())  # files are written from CPU tensors
     return out, ranks
 
 
@@ -55,7 +55,7 @@ def export_peft(adapted: AdaptedModel, out_dir: str | Path, base_model: str, tas
         tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = b
     for hname, module in adapted.head_modules.items():
         for p, t in module.named_parameters():
-            tensors[f"{PEFT_PREFIX}{hname}.{p}"] = t.detach().float().contiguous()
+            tensors[f"{PEFT_PREFIX}{hname}.{p}"] = t.detach().float().contiguous().cpu()
     fan_in_fan_out = any(isinstance(layer.base, Conv1D) for layer in adapted.layers.values())
     config = LoraConfig(
         task_type=task_type,

@@ -105,7 +105,7 @@ class DenseInit(InitSource):
     name = "federated"
 
     def encode(self, grad_sums: dict[str, Tensor], num_examples: int) -> Message:
-        return {k: v.to(torch.float32) for k, v in grad_sums.items()}
+        return {k: v.to(device="cpu", dtype=torch.float32) for k, v in grad_sums.items()}  # messages travel as CPU tensors
 
     def start(self) -> dict[str, Tensor]:
         return {}
@@ -335,12 +335,12 @@ def rotate_rows(x: Tensor, seed: int, inverse: bool = False, block: int = ROTATI
     derives ``H`` from the layer name, so it costs nothing on the wire; one block is built at a time
     (memory ``block^2``, never ``d^2``).
     """
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # on the CPU: every party derives the same H, whatever its device
     out = torch.empty_like(x)
     for start in range(0, x.shape[0], block):
         n = min(block, x.shape[0] - start)
         q, r = torch.linalg.qr(torch.randn(n, n, generator=g))
-        q = q * torch.sign(torch.diagonal(r))
+        q = (q * torch.sign(torch.diagonal(r))).to(device=x.device, dtype=x.dtype)
         out[start : start + n] = (q.T if inverse else q) @ x[start : start + n]
     return out
 
@@ -371,12 +371,13 @@ class LowRankInit(InitSource):
         self.rank, self.bits, self.oversample, self.niter = rank, bits, oversample, niter
 
     def _pack(self, x: Tensor, key: str) -> dict[str, Tensor]:
+        # messages travel as CPU tensors; the SVD, rotation and quantisation run on the gradient's device
         if self.bits == 32:
-            return {"": x.to(torch.float32).contiguous()}
+            return {"": x.to(device="cpu", dtype=torch.float32).contiguous()}
         if self.bits == 16:
-            return {"": x.to(torch.float16).contiguous()}
+            return {"": x.to(device="cpu", dtype=torch.float16).contiguous()}
         codes, scale = quantize_columns(rotate_rows(x, _layer_seed(ROTATION_SEED, key)), self.bits)
-        return {"": codes, "_scale": scale}
+        return {"": codes, "_scale": scale.cpu()}
 
     def encode(self, grad_sums: dict[str, Tensor], num_examples: int) -> Message:
         if self.shapes is None:

@@ -99,16 +99,17 @@ class AdapterLayer(nn.Module):
 
     def delta_weight(self) -> Tensor:
         """Everything added to the frozen base weight: residual + adapter product (float32, d_out x d_in)."""
-        delta = self.adapter_product() if self.adapter_enabled else torch.zeros(self.d_out, self.d_in)
+        delta = self.adapter_product() if self.adapter_enabled else torch.zeros(self.d_out, self.d_in, device=self.lora_A.weight.device)
         if self.residual is not None:
             delta = delta + self.residual
         return delta
 
     def add_residual(self, increment: Tensor) -> None:
-        """Fold a dense float32 update into the frozen weight (kept apart from W0 so W0 stays exact)."""
+        """Fold a dense float32 update into the frozen weight (kept apart from W0 so W0 stays exact), on the
+        base weight's device (increments arrive as CPU tensors from the wire)."""
         if tuple(increment.shape) != (self.d_out, self.d_in):
             raise ValueError(f"residual shape {tuple(increment.shape)} != {(self.d_out, self.d_in)}")
-        inc = increment.detach().to(torch.float32)
+        inc = increment.detach().to(device=self.base.weight.device, dtype=torch.float32)
         if self.residual is None:
             self.residual = inc.clone()
         else:

@@ -108,10 +108,14 @@ class AdaptedModel(nn.Module):
         return self.model.get_parameter(name)
 
     def get_state(self, names: Iterable[str] | None = None) -> dict[str, Tensor]:
-        """Detached float32 copies of adapter/head tensors (all of them by default)."""
+        """Detached float32 CPU copies of adapter/head tensors (all of them by default).
+
+        On the CPU whatever the model's device: state is what travels (uploads, broadcasts, checkpoints), so
+        the server's validation and aggregation see the same tensors in the simulator and over Flower.
+        """
         if names is None:
             names = self.adapter_state_names() + self.head_state_names()
-        return {n: self._tensor(n).detach().to(torch.float32).clone() for n in names}
+        return {n: self._tensor(n).detach().to(device="cpu", dtype=torch.float32, copy=True) for n in names}
 
     def set_state(self, state: dict[str, Tensor]) -> None:
         """Copy tensors in by name; unknown names are an error (strict, like PEFT)."""
@@ -154,13 +158,14 @@ class AdaptedModel(nn.Module):
             layer.adapter_enabled = on
 
     def residual_state(self) -> dict[str, Tensor]:
-        """Dense float32 residuals folded into frozen weights (FedEx-LoRA, FLoRA), by layer name."""
-        return {f"{n}.residual": layer.residual.clone() for n, layer in self.layers.items() if layer.residual is not None}
+        """Dense float32 residuals folded into frozen weights (FedEx-LoRA, FLoRA), by layer name (CPU copies)."""
+        return {f"{n}.residual": layer.residual.detach().to(device="cpu", copy=True)
+                for n, layer in self.layers.items() if layer.residual is not None}
 
     def set_residual_state(self, state: dict[str, Tensor]) -> None:
         for n, layer in self.layers.items():
             t = state.get(f"{n}.residual")
-            layer.residual = None if t is None else t.detach().to(torch.float32).clone()
+            layer.residual = None if t is None else t.detach().to(device=layer.base.weight.device, dtype=torch.float32, copy=True)
 
     def delta_weights(self) -> dict[str, Tensor]:
         """Per adapted layer, everything added to W0 (residual + adapter product), float32, d_out x d_in."""

@@ -39,5 +39,6 @@ def init_agreement(reference: dict[str, tuple[Tensor, Tensor]], other: dict[str,
 
 
 def adapter_factors(adapted: AdaptedModel) -> dict[str, tuple[Tensor, Tensor]]:
-    """``(B, A)`` copies of every adapted layer."""
-    return {n: (layer.lora_B.weight.detach().clone(), layer.lora_A.weight.detach().clone()) for n, layer in adapted.layers.items()}
+    """``(B, A)`` CPU copies of every adapted layer (comparable across models on any device)."""
+    return {n: (layer.lora_B.weight.detach().to("cpu", copy=True), layer.lora_A.weight.detach().to("cpu", copy=True))
+            for n, layer in adapted.layers.items()}

@@ -39,7 +39,8 @@ class FedExLoRA(Method):
         pending: dict[str, Tensor] = {}
         for layer in layer_names(list(state.adapter)):
             a, b = f"{layer}.lora_A.weight", f"{layer}.lora_B.weight"
-            prod = torch.zeros(updates[0].payload[b].shape[0], updates[0].payload[a].shape[1], dtype=torch.float64)
+            prod = torch.zeros(updates[0].payload[b].shape[0], updates[0].payload[a].shape[1], dtype=torch.float64,
+                               device=updates[0].payload[b].device)
             for u, w in zip(updates, p, strict=True):
                 prod.add_(u.payload[b].to(torch.float64) @ u.payload[a].to(torch.float64), alpha=w)
             prod.sub_(mean[b].to(torch.float64) @ mean[a].to(torch.float64))

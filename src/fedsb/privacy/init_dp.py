@@ -59,12 +59,13 @@ def private_gradient_sums(
     if noise_multiplier > 0 and max_grad_norm is None:
         raise ValueError("noise needs a clipping norm: the sensitivity of an unclipped sum is unbounded")
     shapes = {n: (layer.d_out, layer.d_in) for n, layer in adapted.layers.items()}
+    device = next(iter(adapted.layers.values())).base.weight.device  # the sums live where the gradients do
     if max_grad_norm is None:
         batches = [objective.collate(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)]
         sums, _ = gradient_sums(adapted, batches, objective.loss, objective.batch_size) if batches else (
-            {n: torch.zeros(s) for n, s in shapes.items()}, 0)
+            {n: torch.zeros(s, device=device) for n, s in shapes.items()}, 0)
     else:
-        sums = {n: torch.zeros(s, dtype=torch.float32) for n, s in shapes.items()}
+        sums = {n: torch.zeros(s, dtype=torch.float32, device=device) for n, s in shapes.items()}
         for ex in examples:
             # One example per pass, its per-example loss (mean over its own response tokens for a causal LM).
             g, _ = gradient_sums(adapted, [objective.collate([ex])], objective.dp_loss, objective.batch_size)

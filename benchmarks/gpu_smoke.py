@@ -57,6 +57,7 @@ RUNS: list[tuple[str, dict[str, Any]]] = [
     ("dp/client-fed-sb", {"method": "fed-sb", **CLASSIFIER, **DP,
                           "dp": {"mode": "client", "noise_multiplier": 0.5, "max_grad_norm": 1.0}}),
     ("gpt2/fed-sb", {"method": "fed-sb", "model": {"name": "tiny-gpt2", "kind": "causal-lm", "dtype": "bfloat16"}}),
+    ("eval/generate", {"method": "fed-sb", "eval": {"mode": "generate"}, "task": {"max_test_examples": 4}}),
 ]
 ITEMS = [name for name, _ in RUNS] + ["rng/cuda"]
 

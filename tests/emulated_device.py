@@ -5,7 +5,7 @@ Tensors on the emulated device carry real CPU data and compute for real, but rep
 
 - an op that mixes them with a CPU tensor (0-dim CPU tensors excepted, as CUDA allows) raises CUDA's
   "Expected all tensors to be on the same device" error; moves (``.to``, ``.cpu()``, ``copy_``) and
-  ``.item()`` are allowed, as on CUDA;
+  ``.item()`` and ``.tolist()`` are allowed and ``.numpy()`` refused, as on CUDA;
 - a random draw whose generator is on the other device raises CUDA's "Expected a 'cuda' device type for
   generator" error. ``torch.Generator(device=EMULATED)`` gives a generator for the emulated device.
 
@@ -107,6 +107,10 @@ class _Functions(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
+        if func is torch.Tensor.tolist and isinstance(args[0], Emulated):  # a sync, as on CUDA
+            return args[0].elem.tolist()
+        if func is torch.Tensor.numpy and isinstance(args[0], Emulated):
+            raise TypeError("can't convert lazy device type tensor to numpy. Use Tensor.cpu() to copy the tensor to host memory first.")
         if func in _DATA_FACTORIES and on_emulated(kwargs.get("device")):
             return func(*args, **dict(kwargs, device=CPU)).to(EMULATED)
         gen = kwargs.get("generator")

@@ -105,14 +105,16 @@ def test_every_method_runs_on_the_device_and_matches_the_cpu(method: str) -> Non
     assert dev.rows[-1]["accuracy"] == pytest.approx(cpu.rows[-1]["accuracy"])
 
 
-def test_a_causal_lm_with_a_bf16_base_runs_on_the_device_and_matches_the_cpu() -> None:
-    """The paper presets' path: a decoder on the device, bfloat16 base weights, float32 adapters, generation-free eval."""
+@pytest.mark.parametrize("eval_mode", ["likelihood", "generate"])
+def test_a_causal_lm_with_a_bf16_base_runs_on_the_device_and_matches_the_cpu(eval_mode: str) -> None:
+    """The paper presets' path: a decoder on the device, bfloat16 base weights, float32 adapters."""
     from fedsb.config import from_dict, merge, validate
 
     results = []
     for emulated in (True, False):
         cfg = validate(from_dict(merge(tiny_config("tiny-llama", method="fedex-lora").to_dict(), {
-            "model": {"kind": "causal-lm", "dtype": "bfloat16"}, "federation": {"rounds": 1}, "task": {"max_test_examples": 4}})))
+            "model": {"kind": "causal-lm", "dtype": "bfloat16"}, "federation": {"rounds": 1}, "task": {"max_test_examples": 4},
+            "eval": {"mode": eval_mode}})))
         fed = build_federation(cfg)
         if emulated:
             place_federation(fed)
@@ -125,7 +127,9 @@ def test_a_causal_lm_with_a_bf16_base_runs_on_the_device_and_matches_the_cpu() -
     # Attention runs torch's decomposed SDPA under the emulation (differences of ~1e-9 per layer), which the
     # bf16 base magnifies through a round of training: close, not equal.
     assert max_diff(dev.state.adapter, cpu.state.adapter) <= 1e-2
-    assert dev.rows[-1]["loss"] == pytest.approx(cpu.rows[-1]["loss"], rel=1e-3)
+    if eval_mode == "likelihood":
+        assert dev.rows[-1]["loss"] == pytest.approx(cpu.rows[-1]["loss"], rel=1e-3)
+    assert 0.0 <= dev.rows[-1]["accuracy"] <= 1.0
 
 
 @pytest.mark.parametrize("init", [{"source": "federated"}, {"source": "federated-sign"}, {"source": "public"},

@@ -183,9 +183,7 @@ def public_init_examples(fed: Federation) -> list[Example]:
     """The server's public data: ``init.public_path`` or, by default, a slice of the training pool held
     out from every client (never the test split)."""
     if fed.cfg.init.public_path:
-        from dataclasses import replace
-
-        data = load_task(replace(fed.cfg.task, path=fed.cfg.init.public_path), fed.task.kind, fed.cfg.seed)
+        data = load_task(fed.cfg.task.model_copy(update={"path": fed.cfg.init.public_path}), fed.task.kind, fed.cfg.seed)
         return data.train + data.test
     if not fed.public:
         # A federation built for another init source holds no public slice; an SVD of a zero gradient

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedsb.config import ALIASES, RunConfig, from_dict, overrides_to_dict, validate
+from fedsb.config import SECTIONS as CONFIG_SECTIONS
 from fedsb.errors import FedsbError
 
-SECTIONS = {f.name: [g.name for g in dataclasses.fields(f.default_factory())]  # type: ignore[misc]
-            for f in dataclasses.fields(RunConfig) if f.default_factory is not dataclasses.MISSING}
-TOP = [f.name for f in dataclasses.fields(RunConfig) if f.name not in SECTIONS]
+SECTIONS = {name: list(model.model_fields) for name, model in CONFIG_SECTIONS.items()}
+TOP = [name for name in RunConfig.model_fields if name not in SECTIONS]
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(), st.integers(min_value=-(10**400), max_value=10**400),

@@ -22,7 +22,7 @@ process may serve many nodes (Ray actors in simulation).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +146,8 @@ def load_node(context: Context) -> Node:
     run = cfg.federation
     planned = [r for r in range(1, run.rounds + 1) if pid in scheduled_clients(cfg.seed, run.clients, run.fraction, r)]
     if path:  # deployment: the node's own data file is its whole shard
-        cfg = replace(cfg, task=replace(cfg.task, path=path),
-                      federation=replace(cfg.federation, clients=1, partition="iid", min_clients=1))
+        cfg = cfg.model_copy(update={"task": cfg.task.model_copy(update={"path": path}), "federation": cfg.federation.model_copy(
+            update={"clients": 1, "partition": "iid", "min_clients": 1})})
         client = 0
     elif nparts is not None and nparts != cfg.federation.clients:
         raise FedsbError(f"num-partitions = {nparts} on this SuperNode but federation.clients = {cfg.federation.clients}; make them equal")

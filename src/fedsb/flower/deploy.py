@@ -271,7 +271,6 @@ def deploy_run(cfg: Any, options: Any, supernodes: int, home: str | Path | None 
     travels to the ServerApp as a TOML file (``flower.config-file``), which works because everything runs on
     this machine; on several machines put the keys in the app's ``[tool.flwr.app.config]`` instead.
     """
-    import dataclasses
     import json
     import tempfile
 
@@ -282,7 +281,7 @@ def deploy_run(cfg: Any, options: Any, supernodes: int, home: str | Path | None 
     if not cfg.out:
         raise FedsbError("deploy_run needs cfg.out (the run directory)")
     out = Path(cfg.out).resolve()
-    cfg = dataclasses.replace(cfg, out=str(out))
+    cfg = cfg.model_copy(update={"out": str(out)})
     base = Path(home) if home else Path(tempfile.mkdtemp(prefix="fedsb-flower-"))
     base.mkdir(parents=True, exist_ok=True)
     cfg_path = base / "fedsb-config.toml"

@@ -13,8 +13,8 @@ from fedsb.simulation import Simulator
 from tests.helpers import tiny_config
 
 # Client-side training is seeded like the simulator's: batches by (seed, round, client) inside
-# Federation.client_batches. Dropout draws from each process's global RNG, so bit-equality needs a model
-# without dropout (the tiny test models); MiniLM's dropout makes Flower and simulator runs differ slightly.
+# Federation.client_batches, and dropout from the global RNG forked and seeded per (seed, round, client)
+# (fedsb.devices.client_rng; a dropout model over the in-process grid: tests/flower/test_local_rng.py).
 
 
 @pytest.mark.slow

@@ -41,9 +41,9 @@ def child(k: int, rounds: int, threads: int) -> dict:
     import torch
 
     from fedsb.config import from_dict, validate
-    from fedsb.federation import assemble_federation, model_kind
-    from fedsb.models import load_model
-    from fedsb.simulation import Simulator
+    from fedsb.core.federation import assemble_federation, model_kind
+    from fedsb.models.load import load_model
+    from fedsb.simulation.simulator import Simulator
     from fedsb.tasks import load_task
 
     quiet()

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import fmt, machine_info, machine_line, md_table, save_png, write_results  # noqa: E402
 
-from fedsb.paper_models import (  # noqa: E402
+from fedsb.comm.paper import (
     METHODS,
     PAPER_SETTINGS,
     fedex_factor_download,
@@ -127,8 +127,8 @@ def main() -> int:
     md = [
         "# Communication per client per round: the paper's models",
         "",
-        "Computed by `python benchmarks/comm_table.py` from published config dimensions (`fedsb.paper_models`), with "
-        "the same formulas `fedsb run` reports (`fedsb.comm.round_params`). Parameters, not bytes (x4 for float32, "
+        "Computed by `python benchmarks/comm_table.py` from published config dimensions (`fedsb.comm.accounting.paper`), with "
+        "the same formulas `fedsb run` reports (`fedsb.comm.accounting.round_params`). Parameters, not bytes (x4 for float32, "
         "x2 for bf16). *paper's figure*: the download, which is what the paper quotes; for FedEx-LoRA it counts the "
         "exact update as all k clients' factors (like FLoRA), whereas fedsb's FedEx-LoRA sends the dense residual "
         "(the *down (fedsb)* column). *x Fed-SB r=max*: paper's figure / Fed-SB's at the largest Fed-SB rank. "

@@ -84,7 +84,7 @@ def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    from fedsb.rundir import atomic_write_bytes
+    from fedsb.io.rundir import atomic_write_bytes
 
     atomic_write_bytes(path, data)
 

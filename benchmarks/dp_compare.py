@@ -53,8 +53,8 @@ _LOADED: dict[int, tuple[Any, Any, dict[str, Any]]] = {}
 def federation_for(cfg: Any) -> Any:
     """One model load and task split per seed, shared by every (method, epsilon) run of that seed: the
     bare model's pristine weights (base and seeded head) are restored before each run."""
-    from fedsb.federation import assemble_federation, model_kind
-    from fedsb.models import load_model
+    from fedsb.core.federation import assemble_federation, model_kind
+    from fedsb.models.load import load_model
     from fedsb.tasks import load_task
 
     if cfg.seed not in _LOADED:
@@ -73,8 +73,9 @@ def federation_for(cfg: Any) -> Any:
 
 def run_one(method: str, rank: int, epsilon: float | None, seed: int, over: dict[str, Any]) -> dict[str, Any]:
     from fedsb.config import from_dict, merge, validate
+    from fedsb.core.summary import analytic_round_params
     from fedsb.privacy import make_dp_trainer
-    from fedsb.simulation import Simulator, analytic_round_params
+    from fedsb.simulation.simulator import Simulator
 
     data = merge(merge(DEFAULTS, over), {"method": method, "seed": seed, "adapter": {"rank": rank}})
     if epsilon is None:

@@ -67,8 +67,8 @@ def run_item(over: dict[str, Any], device: str) -> dict[str, Any]:
     import torch
 
     from fedsb.config import from_dict, merge, validate
-    from fedsb.federation import build_federation
-    from fedsb.simulation import Simulator
+    from fedsb.core.federation import build_federation
+    from fedsb.simulation.simulator import Simulator
 
     cfg = validate(from_dict(merge(merge(BASE, {"model": {"device": device}}), over)))
     fed = build_federation(cfg)

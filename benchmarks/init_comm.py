@@ -42,13 +42,14 @@ import torch  # noqa: E402
 
 from fedsb.adapters.lora_sb_init import gradient_sums  # noqa: E402
 from fedsb.adapters.subspace import adapter_factors, init_agreement  # noqa: E402
-from fedsb.comm import round_params  # noqa: E402
+from fedsb.comm.accounting import round_params  # noqa: E402
 from fedsb.config import RunConfig, from_dict, validate  # noqa: E402
-from fedsb.federation import Federation, build_federation, initialise_adapters, layer_shapes  # noqa: E402
-from fedsb.init_sources import init_source_for  # noqa: E402
+from fedsb.core.federation import Federation, build_federation, initialise_adapters, layer_shapes  # noqa: E402
+from fedsb.core.summary import layer_dims  # noqa: E402
+from fedsb.init.sources import init_source_for  # noqa: E402
+from fedsb.io.rundir import atomic_write_bytes, atomic_write_text  # noqa: E402
 from fedsb.presets import load_presets  # noqa: E402
-from fedsb.rundir import atomic_write_bytes, atomic_write_text  # noqa: E402
-from fedsb.simulation import Simulator, layer_dims  # noqa: E402
+from fedsb.simulation.simulator import Simulator  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

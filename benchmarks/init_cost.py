@@ -65,9 +65,9 @@ def main() -> int:
     torch.svd_lowrank(torch.randn(64, 64), q=8)
     from fedsb.adapters.lora_sb_init import lora_sb_init_from_directions
     from fedsb.config import from_dict, validate
-    from fedsb.federation import build_federation, client_init_message, layer_shapes
-    from fedsb.init_sources import init_source_for
-    from fedsb.simulation import Simulator
+    from fedsb.core.federation import build_federation, client_init_message, layer_shapes
+    from fedsb.init.sources import init_source_for
+    from fedsb.simulation.simulator import Simulator
 
     cfg = validate(from_dict({"train": {"threads": args.threads}}))  # the embedded default
     fed = build_federation(cfg)

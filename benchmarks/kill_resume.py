@@ -33,7 +33,7 @@ def fedsb(*args: str, **kw) -> subprocess.Popen:
 
 
 def rows(d: Path) -> list[dict]:
-    from fedsb.checkpoint import strip_timing
+    from fedsb.io.checkpoint import strip_timing
 
     return [strip_timing(json.loads(line)) for line in (d / "metrics.jsonl").read_text().splitlines() if line]
 
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    from fedsb.checkpoint import load_checkpoint
+    from fedsb.io.checkpoint import load_checkpoint
 
     rng = random.Random(a.seed)
     meta = {"machine": machine_info(1), "args": ARGS, "trials": a.trials, "seed": a.seed}

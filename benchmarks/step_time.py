@@ -35,7 +35,7 @@ def build(kind: str, rank: int, seed: int = 0):
     import torch
 
     from fedsb.config import TaskConfig
-    from fedsb.models import load_model
+    from fedsb.models.load import load_model
     from fedsb.tasks import load_task
 
     labels = len(load_task(TaskConfig(), "classification", 0).labels)

@@ -14,7 +14,7 @@ generator where the model's tensors are, and runs on a GPU the same way. Unlike 
 kernels let ``cpu.add_(meta)`` or ``cpu @ meta`` through and hold no data, every path runs end to end.
 
 Use :func:`emulated_device` (a context manager) and :func:`to_emulated` (moves a model's parameters and
-buffers there); :func:`place_federation` moves a whole :class:`fedsb.federation.Federation`.
+buffers there); :func:`place_federation` moves a whole :class:`fedsb.core.federation.Federation`.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def to_emulated(module: nn.Module) -> nn.Module:
 
 
 def place_federation(fed: Any) -> Any:
-    """Put a CPU-built :class:`fedsb.federation.Federation` on the emulated device, as ``model.device`` would."""
+    """Put a CPU-built :class:`fedsb.core.federation.Federation` on the emulated device, as ``model.device`` would."""
     to_emulated(fed.adapted)
     fed.device = EMULATED
     fed.objective.device = EMULATED

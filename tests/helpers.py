@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedsb.config import RunConfig, from_dict, merge, validate
-from fedsb.federation import Federation, build_federation
+from fedsb.core.federation import Federation, build_federation
 
 TINY_KIND = {"tiny-bert": "classification", "tiny-llama": "classification", "tiny-gpt2": "classification"}
 

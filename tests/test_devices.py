@@ -14,13 +14,12 @@ from flwr.app import Context, RecordDict
 
 import fedsb.flower.clientapp as clientapp
 from fedsb.adapters.lora_sb_init import truncated_svd
+from fedsb.core.federation import build_federation, client_init_message
 from fedsb.devices import client_rng, client_round_seed, seeded_rng
-from fedsb.federation import build_federation, client_init_message
 from fedsb.flower.strategy import FedsbStrategy, FlowerOptions
 from fedsb.methods.base import ClientUpdate, ServerState
-from fedsb.methods.streaming import streaming_aggregator
-from fedsb.models import load_model
-from fedsb.simulation import Simulator
+from fedsb.models.load import load_model
+from fedsb.simulation.simulator import Simulator
 from tests.emulated_device import EMULATED, Emulated, emulated_device, place_federation, to_emulated
 from tests.flower.fakegrid import FakeGrid
 from tests.helpers import tiny_config
@@ -168,10 +167,6 @@ def test_aggregation_runs_on_the_device_of_the_updates(method: str) -> None:
         dev_state = ServerState(state.round, move(state.adapter), move(state.pending))
         dev_updates = [ClientUpdate(u.client_id, move(u.payload), u.num_examples) for u in updates]
         results = [fed.method.aggregate(dev_state, dev_updates)]
-        agg = streaming_aggregator(fed.method, dev_state)
-        for u in dev_updates:
-            agg.add(u)
-        results.append(agg.result())
     for res in results:
         for part, ref in ((res.adapter, on_cpu.adapter), (res.pending, on_cpu.pending)):
             assert set(part) == set(ref) and all(isinstance(t, Emulated) for t in part.values())
@@ -204,8 +199,8 @@ def test_flower_nodes_and_server_on_the_device(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_export_and_checkpoint_from_the_device(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from fedsb.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
-    from fedsb.export import export_peft, merged_model
+    from fedsb.io.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
+    from fedsb.io.export import export_peft, merged_model
 
     cfg = tiny_config(method="fedex-lora", federation={"rounds": 1})
     fed = place_federation(build_federation(cfg))

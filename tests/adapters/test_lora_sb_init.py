@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from fedsb.adapters.lora_sb_init import gradient_sums, lora_sb_factors, truncated_svd, update_direction
-from fedsb.federation import initialise_adapters
+from fedsb.core.federation import initialise_adapters
 from tests.helpers import tiny_federation
 
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from fedsb.adapters.layer import AdapterLayer
 from fedsb.adapters.model import AdaptedModel
-from fedsb.models import load_model
+from fedsb.models.load import load_model
 
 
 def test_unload_restores_modules_and_weights() -> None:

@@ -44,12 +44,12 @@ def test_get_method_suggests_the_closest_name() -> None:
                          ids=["run", "compare", "flower"])
 def test_entry_points_refuse_an_unknown_method_before_any_model(argv: list[str], monkeypatch: pytest.MonkeyPatch,
                                                                  capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    import fedsb.federation
+    import fedsb.core.federation
 
     def no_model(*a: object, **k: object) -> None:
         raise AssertionError("a model was loaded before the method was checked")
 
-    monkeypatch.setattr(fedsb.federation, "load_model", no_model)
+    monkeypatch.setattr(fedsb.core.federation, "load_model", no_model)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.toml").write_text('method = "fedsb"\n')  # compare takes the methods from --methods, a file may name one
     assert main(argv) == 2

@@ -52,9 +52,9 @@ def test_private_keys_are_owner_only_from_the_first_byte(tmp_path: Path, monkeyp
     import os
     import tempfile
 
-    import fedsb.rundir
+    import fedsb.io.rundir
 
-    monkeypatch.setattr(fedsb.rundir, "_UMASK", 0o022)  # the usual umask, whatever this machine's is
+    monkeypatch.setattr(fedsb.io.rundir, "_UMASK", 0o022)  # the usual umask, whatever this machine's is
     modes: list[tuple[str, str, int]] = []  # (event, file name, mode) for every private key written
     secret = {"server.key", "supernode0", "supernode1"}
 

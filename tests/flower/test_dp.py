@@ -19,7 +19,7 @@ from fedsb.flower.clientapp import app as client_app
 from fedsb.flower.strategy import FedsbStrategy, FlowerOptions
 from fedsb.privacy import make_dp_trainer
 from fedsb.privacy.accounting import PrivacyLedger, epsilon_of
-from fedsb.simulation import Simulator
+from fedsb.simulation.simulator import Simulator
 from tests.flower.fakegrid import FakeGrid, crash_on_train_round
 from tests.helpers import tiny_config, tiny_federation
 

@@ -14,14 +14,15 @@ import pytest
 import torch
 from flwr.app import Context, RecordDict
 
-from fedsb.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
+from fedsb.core.client import ClientTrainer, train_client
 from fedsb.errors import FedsbError
 from fedsb.flower import clientapp
 from fedsb.flower.clientapp import app as client_app
 from fedsb.flower.records import count
 from fedsb.flower.serverapp import serve
 from fedsb.flower.strategy import FedsbStrategy, FlowerOptions
-from fedsb.simulation import Simulator, train_client
+from fedsb.io.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
+from fedsb.simulation.simulator import Simulator
 from tests.flower.fakegrid import FakeGrid, crash_on_train_round
 from tests.helpers import tiny_config
 
@@ -29,7 +30,7 @@ METHODS = ["fed-sb", "fedit", "ffa-lora", "fedex-lora", "flora"]
 ROUNDS, SKIP, CRASH = 4, 2, 3
 
 
-class SkipRound:
+class SkipRound(ClientTrainer):
     """Default local training; every upload of round ``skip`` is NaN, so the round is skipped. The strategy
     refuses those uploads as it decodes them, the simulator's validator after: both received and sent them."""
 

@@ -14,10 +14,10 @@ import torch
 from flwr.app import Context, RecordDict
 
 import fedsb.flower.clientapp as clientapp
-import fedsb.models
+import fedsb.models.load
 from fedsb.flower.serverapp import serve
 from fedsb.flower.strategy import FedsbStrategy, FlowerOptions
-from fedsb.simulation import Simulator
+from fedsb.simulation.simulator import Simulator
 from tests.flower.fakegrid import FakeGrid, crash_on_train_round
 from tests.helpers import tiny_config
 
@@ -27,14 +27,14 @@ DROPOUT = 0.2
 @pytest.fixture
 def dropout_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """tiny-bert with dropout in the embeddings, attention and hidden layers; node model caches emptied."""
-    real = fedsb.models.tiny_config
+    real = fedsb.models.load.tiny_config
 
     def with_dropout(name: str, vocab_size: int, num_labels: int):  # type: ignore[no-untyped-def]
         conf = real(name, vocab_size, num_labels)
         conf.hidden_dropout_prob = conf.attention_probs_dropout_prob = DROPOUT
         return conf
 
-    monkeypatch.setattr(fedsb.models, "tiny_config", with_dropout)
+    monkeypatch.setattr(fedsb.models.load, "tiny_config", with_dropout)
     monkeypatch.setattr(clientapp, "_CACHE", {})  # a dropout-free model of the same config must not be reused
     monkeypatch.setattr(clientapp, "_DP", {})
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from fedsb.comm import payload_bytes as analytic_bytes
-from fedsb.comm import to_wire
+from fedsb.comm.accounting import payload_bytes as analytic_bytes
+from fedsb.comm.accounting import to_wire
 from fedsb.errors import FedsbError
 from fedsb.flower.records import count, from_record, payload_bytes, to_record
 

@@ -9,7 +9,7 @@ import torch
 
 from fedsb.flower.simulate import backend_config, simulate
 from fedsb.flower.strategy import FlowerOptions
-from fedsb.simulation import Simulator
+from fedsb.simulation.simulator import Simulator
 from tests.helpers import tiny_config
 
 # Client-side training is seeded like the simulator's: batches by (seed, round, client) inside

@@ -17,7 +17,7 @@ from fedsb.adapters.layer import AdapterLayer
 from fedsb.flower.clientapp import app as client_app
 from fedsb.flower.records import from_record
 from fedsb.flower.strategy import FedsbStrategy, FlowerOptions
-from fedsb.simulation import Simulator
+from fedsb.simulation.simulator import Simulator
 from tests.flower.fakegrid import FakeGrid
 from tests.helpers import tiny_config
 

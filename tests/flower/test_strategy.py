@@ -16,7 +16,7 @@ from fedsb.errors import FedsbError
 from fedsb.flower.clientapp import app as client_app
 from fedsb.flower.serverapp import serve
 from fedsb.flower.strategy import FedsbStrategy, FlowerOptions
-from fedsb.simulation import Simulator
+from fedsb.simulation.simulator import Simulator
 from tests.flower.fakegrid import FakeGrid, crash_on_train_round
 from tests.helpers import tiny_config
 

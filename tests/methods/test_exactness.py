@@ -10,9 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedsb.federation import Federation
+from fedsb.core.client import train_client
+from fedsb.core.federation import Federation
 from fedsb.methods.base import ClientUpdate, aggregation_weights
-from fedsb.simulation import Simulator, train_client
+from fedsb.simulation.simulator import Simulator
 from tests.helpers import tiny_config, tiny_federation
 
 EXACT = ["fed-sb", "ffa-lora", "fedex-lora", "flora"]

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from fedsb.models import load_model
+from fedsb.models.load import load_model
 from fedsb.objectives.causal_lm import IGNORE, CausalLMObjective
-from fedsb.prompts import alpaca_prompt
 from fedsb.tasks.base import Example
+from fedsb.tasks.prompts import alpaca_prompt
 
 
 @pytest.fixture(scope="module")

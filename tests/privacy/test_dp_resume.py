@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedsb.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
+from fedsb.io.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from fedsb.privacy import make_dp_trainer
-from fedsb.simulation import Simulator
+from fedsb.simulation.simulator import Simulator
 from tests.helpers import tiny_federation
 
 DP = {"mode": "sample", "epsilon": 2.0, "reproducible_noise": True}  # bit-identity needs seed-derived noise

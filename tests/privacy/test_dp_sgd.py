@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from fedsb.federation import initialise_adapters
+from fedsb.core.federation import initialise_adapters
+from fedsb.core.training import Schedule, build_optimizer
 from fedsb.privacy.dp_sgd import dp_local_train, grad_sampler, poisson_batch
-from fedsb.training import Schedule, build_optimizer
 from tests.helpers import tiny_federation
 
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from fedsb.adapters.lora_sb_init import gradient_sums
+from fedsb.core.federation import client_init_message, initialise_adapters
 from fedsb.errors import FedsbError
-from fedsb.federation import client_init_message, initialise_adapters
 from fedsb.privacy import make_dp_trainer
 from fedsb.privacy.accounting import epsilon_of
 from fedsb.privacy.init_dp import poisson_examples, private_gradient_sums
-from fedsb.simulation import Simulator
+from fedsb.simulation.simulator import Simulator
 from tests.helpers import tiny_federation
 
 

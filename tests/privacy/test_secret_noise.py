@@ -23,7 +23,7 @@ from fedsb.flower.strategy import FedsbStrategy, FlowerOptions
 from fedsb.methods.base import ClientUpdate, ServerState
 from fedsb.privacy import make_dp_trainer
 from fedsb.privacy.init_dp import poisson_examples, private_gradient_sums
-from fedsb.simulation import Simulator
+from fedsb.simulation.simulator import Simulator
 from tests.helpers import tiny_config, tiny_federation
 
 NOT_PRIVATE = "not private: noise derived from the config seed"
@@ -189,7 +189,7 @@ def test_a_node_refuses_a_server_config_with_reproducible_noise() -> None:
 
 @pytest.mark.parametrize("command", ["simulate", "deploy"])
 def test_flower_commands_refuse_reproducible_noise_before_starting(command: str) -> None:
-    from fedsb.commands.flower import deploy_cmd, simulate_cmd
+    from fedsb.cli.flower import deploy_cmd, simulate_cmd
 
     cmd = simulate_cmd if command == "simulate" else deploy_cmd
     with pytest.raises(UsageError, match="not private"):

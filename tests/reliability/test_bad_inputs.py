@@ -202,8 +202,8 @@ def finished_run(tmp_path_factory) -> Path:
 def peft_adapter(tmp_path_factory) -> Path:
     """A valid PEFT LoRA adapter for the builtin tiny-llama (what `fedsb run ... --model tiny-llama` exports)."""
     from fedsb.adapters.model import AdaptedModel
-    from fedsb.export import export_peft
-    from fedsb.models import load_model
+    from fedsb.io.export import export_peft
+    from fedsb.models.load import load_model
 
     loaded = load_model("tiny-llama", "causal-lm")
     adapted = AdaptedModel(loaded.model, loaded.targets, "lora", 4)
@@ -293,8 +293,8 @@ def test_bad_jsonl_input(case, tmp_path, finished_run, peft_adapter, capsys):
 
 
 def test_the_unbroken_adapter_passes_the_checks(peft_adapter):
-    from fedsb.models import load_model
-    from fedsb.peft_checks import check_peft_adapter
+    from fedsb.io.peft_checks import check_peft_adapter
+    from fedsb.models.load import load_model
 
     assert check_peft_adapter(peft_adapter, load_model("tiny-llama", "causal-lm").model)["r"] == 4
 

@@ -7,13 +7,14 @@ import random
 import pytest
 import torch
 
-from fedsb.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint, strip_timing
+from fedsb.core.client import ClientTrainer, train_client
 from fedsb.errors import FedsbError
-from fedsb.simulation import Simulator, train_client
+from fedsb.io.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint, strip_timing
+from fedsb.simulation.simulator import Simulator
 from tests.reliability._tiny import METHOD_NAMES, tiny_cfg
 
 
-class NoisyTrainer:
+class NoisyTrainer(ClientTrainer):
     """Default training plus draws from the global torch and python RNGs (like dropout) and a per-client
     counter kept across rounds (like a DP accountant), exposed through the checkpoint hook."""
 
@@ -85,7 +86,7 @@ def test_resume_after_each_round_equals_uninterrupted(method, tmp_path):
         assert trainer.steps == ckpt.meta["trainer_state"]["steps"]
         result = second.run(start_round=start)
         assert [resumed_view(r, method) for r in result.rows] == [resumed_view(r, method) for r in ref_result.rows]
-        # a resume restarts the federation's clients (fedsb.simulation): what they must be sent again is extra
+        # a resume restarts the federation's clients (fedsb.simulation.simulator): what they must be sent again is extra
         assert result.comm.upload_bytes == ref_result.comm.upload_bytes
         assert result.comm.download_bytes >= ref_result.comm.download_bytes
         got, want = final_state(second), final_state(ref)

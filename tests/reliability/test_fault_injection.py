@@ -8,10 +8,10 @@ import dataclasses
 import pytest
 import torch
 
-from fedsb.federation import build_federation
+from fedsb.core.federation import build_federation
+from fedsb.core.validation import UpdateValidator
 from fedsb.methods.base import ClientUpdate
-from fedsb.simulation import Simulator
-from fedsb.validation import UpdateValidator
+from fedsb.simulation.simulator import Simulator
 from tests.reliability._tiny import METHOD_NAMES, tiny_cfg
 
 BAD = "1"  # the faulty client's id

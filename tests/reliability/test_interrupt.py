@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import fedsb.simulation
-from fedsb.checkpoint import load_checkpoint, strip_timing
+import fedsb.core.client
 from fedsb.cli import main
+from fedsb.io.checkpoint import load_checkpoint, strip_timing
 
 ARGS = ["run", "--model", "tiny-bert", "--rank", "4", "--rounds", "3", "--steps", "2", "--init.samples", "4",
         "--task.max_test_examples", "16", "--task.max_length", "16", "--train.threads", "1", "--no-progress"]
@@ -25,7 +25,7 @@ def test_ctrl_c_mid_round_then_resume(method, tmp_path, monkeypatch, capsys):
     ref = tmp_path / "ref"
     assert main([*ARGS, "--method", method, "--out", str(ref)]) == 0
 
-    real = fedsb.simulation.local_train
+    real = fedsb.core.client.local_train
     calls = {"n": 0}
 
     def interrupted_train(*args, **kwargs):
@@ -34,7 +34,7 @@ def test_ctrl_c_mid_round_then_resume(method, tmp_path, monkeypatch, capsys):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fedsb.simulation, "local_train", interrupted_train)
+    monkeypatch.setattr(fedsb.core.client, "local_train", interrupted_train)
     run_dir = tmp_path / "run"
     capsys.readouterr()
     assert main([*ARGS, "--method", method, "--out", str(run_dir)]) == 130
@@ -43,7 +43,7 @@ def test_ctrl_c_mid_round_then_resume(method, tmp_path, monkeypatch, capsys):
     assert load_checkpoint(run_dir).round == 1
     assert not (run_dir / "summary.json").exists()
     assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
-    monkeypatch.setattr(fedsb.simulation, "local_train", real)
+    monkeypatch.setattr(fedsb.core.client, "local_train", real)
 
     assert main(["run", "--resume", str(run_dir), "--no-progress"]) == 0
     assert (run_dir / "adapter_state.safetensors").read_bytes() == (ref / "adapter_state.safetensors").read_bytes()

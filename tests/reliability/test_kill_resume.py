@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from fedsb.checkpoint import TIMING_FIELDS, load_checkpoint, strip_timing
 from fedsb.cli import main
+from fedsb.io.checkpoint import TIMING_FIELDS, load_checkpoint, strip_timing
 from tests.reliability.test_checkpoint import resumed_view
 
 ARGS = ["--model", "tiny-bert", "--model.kind", "classification", "--rank", "4", "--rounds", "6", "--steps", "3",

@@ -132,7 +132,7 @@ class FederationConfig(Section):
     shards_per_client: Int = Field(default=2, ge=1)
     weighting: Literal["examples", "uniform"] = "examples"  # examples: p_i = n_i / sum n
     min_clients: Int = Field(default=1, ge=1)  # a round is skipped when fewer valid updates arrive
-    # Bounded client influence (docs "Failure handling"; fedsb.validation). Each update's change from what was
+    # Bounded client influence (docs "Failure handling"; fedsb.core.validation). Each update's change from what was
     # broadcast is clipped to norm_factor x the round's (lower) median change and to max_change_norm.
     norm_factor: Float = Field(default=2.0, ge=0)  # clip changes above norm_factor x the round's median change (0 = off)
     # absolute cap on a change's norm; unset = the largest change local AdamW can make; 0 = off

@@ -1,7 +1,7 @@
 """The fedsb ClientApp: one federated client per SuperNode, training with the simulator's own code.
 
 A node learns the run's config from the server's ``setup`` message and builds the same
-:class:`~fedsb.federation.Federation` as the simulator (``build_federation`` partitions deterministically by
+:class:`~fedsb.core.federation.Federation` as the simulator (``build_federation`` partitions deterministically by
 seed, so ``partition-id`` i holds the simulator's client i). With ``data-path`` in its ``node_config`` a
 node trains on its own local data file instead (deployment).
 
@@ -33,13 +33,13 @@ from flwr.common.constant import ErrorCode
 from torch import Tensor
 
 from fedsb.config import RunConfig, from_dict, validate
+from fedsb.core.client import ClientTrainer, train_client
+from fedsb.core.federation import Federation, build_federation, client_init_message, scheduled_clients
 from fedsb.devices import client_rng
 from fedsb.errors import FedsbError
-from fedsb.federation import Federation, build_federation, client_init_message, scheduled_clients
 from fedsb.flower.records import dumps, from_record, to_record
 from fedsb.flower.secagg import LEGACY_PARAMS, secagg_train, selective_secaggplus_mod
 from fedsb.methods.base import is_base_update
-from fedsb.simulation import ClientTrainer, train_client
 
 STATE_META, STATE_ONETIME, STATE_RESIDUAL, STATE_TRAINER = "fedsb", "fedsb.onetime", "fedsb.residual", "fedsb.trainer"
 STATE_BASE = "fedsb.base"  # how many server aggregations' base increments the node holds
@@ -50,7 +50,7 @@ _DP: dict[str, Any] = {}  # config key -> the DP trainer of the cached federatio
 
 
 def set_trainer(trainer: ClientTrainer) -> None:
-    """Replace the local training function (default: ``fedsb.simulation.train_client``).
+    """Replace the local training function (default: ``fedsb.core.client.train_client``).
 
     A trainer with ``state_dict() -> dict`` (JSON) and ``load_state_dict(dict)`` keeps per-client state
     across rounds (e.g. a DP accountant): it is loaded from ``Context.state`` before and saved after every

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fedsb.rundir import atomic_write_bytes
+from fedsb.io.rundir import atomic_write_bytes
 
 
 @dataclass(frozen=True)

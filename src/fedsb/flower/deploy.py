@@ -274,7 +274,7 @@ def deploy_run(cfg: Any, options: Any, supernodes: int, home: str | Path | None 
     import json
     import tempfile
 
-    from fedsb.rundir import atomic_write_text, to_toml
+    from fedsb.io.rundir import atomic_write_text, to_toml
 
     if cfg.federation.clients != supernodes:
         raise FedsbError(f"federation.clients = {cfg.federation.clients} but --supernodes {supernodes}; they must be equal")

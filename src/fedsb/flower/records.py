@@ -2,7 +2,7 @@
 
 Flower stores each array as ``np.save`` bytes (no pickle). numpy has no bfloat16, so bf16 tensors travel as
 their raw bits viewed as int16 (2 bytes each, bit-exact) and are turned back into float32 on receipt: the
-rest of fedsb (validation, aggregation) only ever sees float32, exactly as ``fedsb.comm.to_wire`` models it.
+rest of fedsb (validation, aggregation) only ever sees float32, exactly as ``fedsb.comm.accounting.to_wire`` models it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 from torch import Tensor
 
-from fedsb.comm import WIRE_DTYPES, Size
+from fedsb.comm.accounting import WIRE_DTYPES, Size
 from fedsb.errors import FedsbError
 
 #: numpy dtype each wire dtype travels as (bfloat16: its bits, as int16).
@@ -112,7 +112,7 @@ def payload_bytes(rec: ArrayRecord) -> int:
 
 
 def record_size(rec: ArrayRecord) -> Size:
-    """Parameters and tensor bytes of a received record, as the ledger counts them (``fedsb.comm.Size``)."""
+    """Parameters and tensor bytes of a received record, as the ledger counts them (``fedsb.comm.accounting.Size``)."""
     return Size(sum(math.prod(a.shape) for a in rec.values()), payload_bytes(rec))
 
 

@@ -39,6 +39,7 @@ from flwr.server.strategy import FedAvg as LegacyFedAvg
 from fedsb.errors import FedsbError
 from fedsb.flower.records import from_record
 from fedsb.methods.base import ClientUpdate
+from fedsb.privacy.client_dp import ClientLevelDP
 
 if TYPE_CHECKING:
     from fedsb.flower.strategy import FedsbStrategy
@@ -126,8 +127,8 @@ class SecAggRunner:
         if context is None:
             raise FedsbError("SecAgg+ needs the ServerApp's Context; call FedsbStrategy.run(grid, context=context)")
         self.strategy, self.grid = strategy, grid
-        if strategy.trainer is not None and strategy.trainer.mode == "client":
-            strategy.trainer.reclip = False  # only the sum is visible: clipping stays on the clients (module docstring)
+        if isinstance(strategy.dp, ClientLevelDP):
+            strategy.dp.reclip = False  # only the sum is visible: clipping stays on the clients (module docstring)
         o = strategy.options
         self.glue = _Glue(self)
         self.lctx = LegacyContext(context, config=ServerConfig(num_rounds=strategy.cfg.federation.rounds), strategy=self.glue)

@@ -87,9 +87,9 @@ def parse_run_config(run_config: dict[str, Any]) -> tuple[RunConfig, FlowerOptio
 def serve(grid: Grid, context: Context, cfg: RunConfig, opts: FlowerOptions, resume: bool = False,
           results: dict[str, Any] | None = None, overwrite: bool = True) -> FedsbStrategy:
     """The ServerApp body: build the strategy, (re)start from the run directory, run all rounds, save outputs."""
-    from fedsb.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
-    from fedsb.commands.run import default_out
-    from fedsb.rundir import RunDir
+    from fedsb.io.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
+    from fedsb.io.outputs import default_out
+    from fedsb.io.rundir import RunDir
 
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     cfg.out = str(out)
@@ -104,7 +104,7 @@ def serve(grid: Grid, context: Context, cfg: RunConfig, opts: FlowerOptions, res
             raise FedsbError(f"flower.resume: {out} was run with flower.wire-dtype = {saved_wire} but this resume asks for "
                              f"{opts.wire_dtype}; resume with flower.wire-dtype = {saved_wire}")
         strategy = FedsbStrategy(cfg, opts)
-        start = restore_checkpoint(strategy, ckpt)  # type: ignore[arg-type]
+        start = restore_checkpoint(strategy, ckpt)
         rundir = RunDir(out)
         if start > cfg.federation.rounds:
             print(f"{out} is already complete; nothing to resume")
@@ -120,7 +120,7 @@ def serve(grid: Grid, context: Context, cfg: RunConfig, opts: FlowerOptions, res
 
     def on_round(row: dict[str, Any]) -> None:
         rundir.write_metrics(strategy.rows)
-        save_checkpoint(rundir.path, strategy)  # type: ignore[arg-type]
+        save_checkpoint(rundir.path, strategy)
         acc = row.get("accuracy")
         eps = f", epsilon {row['epsilon']:.4g} (max over {row['dp_mode']}-level accountants)" if "epsilon" in row else ""
         print(f"[fedsb] round {row['round']}: accuracy {acc if acc is None else round(acc, 4)}, "
@@ -139,18 +139,11 @@ def serve(grid: Grid, context: Context, cfg: RunConfig, opts: FlowerOptions, res
 
 
 def save_outputs(rundir: Any, strategy: FedsbStrategy) -> None:
-    from fedsb.export import export_peft
-    from fedsb.rundir import write_json
-    from fedsb.state_io import save_tensors
+    """The final files ``fedsb run`` writes, plus ``wire.json`` (the bytes measured on Flower's messages)."""
+    from fedsb.io.outputs import save_final
+    from fedsb.io.rundir import write_json
 
-    fed = strategy.fed
-    save_tensors(rundir.path / "adapter_state.safetensors", {**fed.adapted.get_state(), **fed.adapted.residual_state()},
-                 metadata={"method": fed.cfg.method, "rank": str(fed.cfg.adapter.rank)})
-    task_type = "SEQ_CLS" if fed.loaded.kind == "classification" else "CAUSAL_LM"
-    export_peft(fed.adapted, rundir.path / "adapter", fed.loaded.source, task_type)
-    rundir.write_metrics(strategy.rows)
-    summary = strategy.result_summary()
-    rundir.write_summary(summary)
+    save_final(rundir, strategy.fed, strategy.rows, strategy.result_summary())
     write_json(rundir.path / "wire.json", {"rows": [{k: v for k, v in r.items() if k.startswith("wire_") or k == "round"}
                                                     for r in strategy.rows]})
 

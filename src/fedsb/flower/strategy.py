@@ -1,6 +1,6 @@
 """A Flower (Message API) ``Strategy`` that runs any fedsb :class:`~fedsb.methods.base.Method`.
 
-The strategy owns the server side of a run exactly as :class:`fedsb.simulation.Simulator` does (a model
+The strategy owns the server side of a run exactly as :class:`fedsb.simulation.simulator.Simulator` does (a model
 copy for the LoRA-SB init, validation shapes and evaluation; the method's :class:`ServerState`; the
 communication ledger; metrics rows), but its clients are Flower ClientApps:
 
@@ -13,7 +13,7 @@ communication ledger; metrics rows), but its clients are Flower ClientApps:
 
 Base-weight increments (FedEx-LoRA residual, FLoRA stack) are only meaningful to a client holding every
 earlier increment. The server tracks, per partition, how many aggregations' increments the node holds
-(:class:`fedsb.simulation.BaseVersions`) and names in every message the aggregation count it brings the node
+(:class:`fedsb.core.rounds.BaseVersions`) and names in every message the aggregation count it brings the node
 to (``base-round``): a node one behind gets the pending increment, a node that already holds it (after a
 skipped round) gets none, a node further behind (``federation.fraction < 1``, a resumed run, a failed
 message) gets the server's absolute residual. The node checks the count too, so no increment is ever
@@ -32,16 +32,20 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
 
-from fedsb.comm import ClientDownload, CommLedger, Size, size_of, to_wire
+from fedsb.comm.accounting import ClientDownload, CommLedger, Size, size_of, to_wire
 from fedsb.config import RunConfig
+from fedsb.core.client import ClientTrainer, train_client
+from fedsb.core.federation import Federation, build_federation, initialise_adapters
+from fedsb.core.rounds import BaseVersions, cached, complete_row, gated_rounds, round_row, server_step
+from fedsb.core.summary import run_summary
+from fedsb.core.validation import UpdateValidator
 from fedsb.errors import FedsbError
-from fedsb.federation import Federation, build_federation, initialise_adapters
 from fedsb.flower.records import dumps, from_record, record_size, to_record
 from fedsb.flower.wire import MeteredGrid, summarise
-from fedsb.init_sources import get_init_source
+from fedsb.init.sources import get_init_source
 from fedsb.methods.base import ClientUpdate, ServerState
-from fedsb.simulation import BaseVersions, Simulator, cached, gated_rounds, server_step
-from fedsb.validation import UpdateValidator
+from fedsb.privacy import DPTrainer, make_dp_trainer
+from fedsb.privacy.client_dp import ClientLevelDP
 
 RoundCallback = Callable[[dict[str, Any]], None]
 SETUP, SYNC = "query.setup", "query.sync"
@@ -62,7 +66,7 @@ class FlowerOptions:
 
 
 class FedsbStrategy(Strategy):
-    """Server side of a fedsb run over Flower. Attributes mirror ``Simulator`` so ``fedsb.checkpoint`` works."""
+    """Server side of a fedsb run over Flower. Attributes mirror ``Simulator`` so ``fedsb.io.checkpoint`` works."""
 
     def __init__(self, cfg: RunConfig, options: FlowerOptions | None = None, fed: Federation | None = None,
                  on_round: RoundCallback | None = None) -> None:
@@ -81,10 +85,9 @@ class FedsbStrategy(Strategy):
         self.on_round = on_round
         # The simulator's DP trainer on the server side: the accountants (sample-level: mirrored from the
         # nodes' reports; client-level: the server's own) and, for client-level DP, the noising aggregate.
-        # checkpoint.py saves its state_dict; Simulator.summary reads its privacy_summary.
-        from fedsb.privacy import make_dp_trainer
-
-        self.trainer = make_dp_trainer(self.fed)
+        # The checkpoint saves its state_dict; the run summary reads its privacy_summary.
+        self.dp: DPTrainer | None = make_dp_trainer(self.fed)
+        self.trainer: ClientTrainer = self.dp or train_client
         self.method = self.fed.method  # client-level DP wraps it
         self.stop_reason: str | None = None  # Simulator.summary reads it (DP budget stops)
         self.final_round: int | None = None
@@ -121,7 +124,7 @@ class FedsbStrategy(Strategy):
 
     def record_history(self, pid: int, content: RecordDict) -> None:
         """Sample-level DP: adopt a node's reported accountant history (JSON ``[sigma, q, steps]`` triples)."""
-        if self.trainer is None or self.trainer.mode != "sample" or "dp" not in content.config_records:
+        if self.dp is None or self.dp.mode != "sample" or "dp" not in content.config_records:
             return
         from fedsb.privacy.accounting import merge_history
 
@@ -129,7 +132,7 @@ class FedsbStrategy(Strategy):
             hist = merge_history((float(a), float(q), int(n)) for a, q, n in json.loads(str(content["dp"]["history"])))
         except (TypeError, ValueError) as e:
             raise FedsbError(f"partition {pid} sent an invalid accountant history ({e})") from None
-        self.trainer.ledger.histories[str(pid)] = hist
+        self.dp.ledger.histories[str(pid)] = hist
 
     def wait_for_nodes(self, grid: Any) -> list[int]:
         want = self.cfg.federation.clients
@@ -154,8 +157,8 @@ class FedsbStrategy(Strategy):
         want_init = fed.method.gradient_init and source.federated and not resume
         cfg_json = self._fed_config()
         setup_cfg: dict[str, Any] = {"fedsb-config": cfg_json, "wire-dtype": self.options.wire_dtype, "want-init": want_init}
-        if resume and self.trainer is not None:  # each node keeps the longer of this record and its own accountant
-            setup_cfg["dp-histories"] = json.dumps({k: [list(e) for e in v] for k, v in self.trainer.ledger.histories.items()})
+        if resume and self.dp is not None:  # each node keeps the longer of this record and its own accountant
+            setup_cfg["dp-histories"] = json.dumps({k: [list(e) for e in v] for k, v in self.dp.ledger.histories.items()})
         msgs = [self._message(RecordDict({"config": ConfigRecord(dict(setup_cfg))}), n, SETUP) for n in nodes]
         t0 = time.perf_counter()
         replies = self._ok(grid.send_and_receive(msgs, timeout=self.options.timeout), "setup")
@@ -182,8 +185,8 @@ class FedsbStrategy(Strategy):
         if resume:
             return
         client_messages = [init_msgs[p] for p in sorted(init_msgs)] if want_init else None
-        if client_messages and self.trainer is not None and self.trainer.mode == "client":
-            client_messages = self.trainer.add_init_noise(client_messages)  # re-clipped and noised here
+        if client_messages and isinstance(self.dp, ClientLevelDP):
+            client_messages = self.dp.add_init_noise(client_messages)  # re-clipped and noised here
         up = initialise_adapters(fed, client_messages)
         self.init_seconds = time.perf_counter() - t0
         one_time_down = fed.adapted.get_state(fed.method.one_time_names(fed.adapted))
@@ -193,8 +196,7 @@ class FedsbStrategy(Strategy):
         fed.method.load_adapter(fed.adapted, fed.method.broadcast(self.state))
         self.payload = to_wire(fed.method.broadcast(self.state), self.options.wire_dtype)
         wire = summarise(grid.take("setup") + grid.take("sync"))
-        report = getattr(self.trainer, "round_report", None)  # DP: what the init has spent
-        row0 = {"round": 0, **self.evaluate(), **(report(0) if report else {}), "clipped": up["clipped"],
+        row0 = {"round": 0, **self.evaluate(), **self.trainer.round_report(0), "clipped": up["clipped"],
                 "seconds": round(self.init_seconds, 3),
                 **{k: v for k, v in wire.items()}}
         self._emit(row0)
@@ -324,20 +326,9 @@ class FedsbStrategy(Strategy):
             fed, method, self.state, updates, validator, self.options.wire_dtype, need
         )
         self.payload = next_payload
-        losses = [u.metrics.get("train_loss") for u in accepted if "train_loss" in u.metrics]
-        self.pending_row = {
-            "round": server_round,
-            "clients_sampled": len(fed.sample_clients(server_round)),
-            "clients_accepted": len(accepted),
-            "rejected": failed + [{"client": u.client_id, "reason": why} for u, why in rejected],
-            "clipped": validator.clipped,
-            "capped": validator.capped,
-            "skipped": skipped,
-            "train_loss": sum(losses) / len(losses) if losses else None,
-            **{k: v for k, v in comm_row.items() if k != "clients"},
-            "upload_bytes_cum": self.comm.upload_bytes,
-            "download_bytes_cum": self.comm.download_bytes,
-        }
+        rejections = failed + [{"client": u.client_id, "reason": why} for u, why in rejected]
+        self.pending_row = round_row(server_round, len(fed.sample_clients(server_round)), accepted, rejections, validator,
+                                     skipped, comm_row, self.comm)
         return to_record(self.state.adapter, "float32"), MetricRecord({"clients_accepted": len(accepted)})
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord | None, config: ConfigRecord | None,
@@ -380,12 +371,7 @@ class FedsbStrategy(Strategy):
         row = dict(self.pending_row)
         row.update(summarise(wire_entries))
         row.update(extra or {})
-        report = getattr(self.trainer, "round_report", None)  # epsilon per client and max, as the simulator
-        if report is not None:
-            row.update(report(server_round))
-        if (server_round % self.cfg.eval.every == 0 or server_round == self.cfg.federation.rounds
-                or server_round == self.final_round):
-            row.update(self.evaluate())
+        complete_row(row, server_round, self.trainer, self.cfg, self.final_round, self.evaluate)
         row["seconds"] = round(time.perf_counter() - self._t_round, 3)
         self._emit(row)
         return row
@@ -437,7 +423,7 @@ class FedsbStrategy(Strategy):
 
     def result_summary(self) -> dict[str, Any]:
         """``summary.json``: the simulator's summary plus the Flower transport's measured bytes."""
-        s = Simulator.summary(self, time.perf_counter() - self.started)  # type: ignore[arg-type]
+        s = run_summary(self, time.perf_counter() - self.started)
         rounds = [r for r in self.rows if r.get("round", 0) > 0]
         s["flower"] = {
             "wire_dtype": self.options.wire_dtype,

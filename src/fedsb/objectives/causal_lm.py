@@ -14,7 +14,7 @@ Evaluation (``eval.mode``):
   so a candidate that is a prefix of another, "10" vs "109", is not favoured); the prompt runs once and
   its KV cache is shared by all candidates;
 - ``generate``: greedy decoding, batched, cut at stop strings, then the paper's answer extraction
-  (:mod:`fedsb.answers`);
+  (:mod:`fedsb.tasks.answers`);
 - ``auto``: likelihood when every example has candidates, generation otherwise.
 """
 
@@ -28,11 +28,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from fedsb.answers import is_correct
 from fedsb.errors import FedsbError
 from fedsb.objectives.base import Objective
-from fedsb.prompts import render_prompt, uses_chat_template
+from fedsb.tasks.answers import is_correct
 from fedsb.tasks.base import Example, TaskData
+from fedsb.tasks.prompts import render_prompt, uses_chat_template
 
 IGNORE = -100
 STOP_STRINGS = ("### Instruction", "### Response", "### Input", "\n\n\n")

@@ -4,12 +4,12 @@
   client kept across rounds, the LoRA-SB init privatised and charged to the same accountant.
 - ``dp.mode = client``: DP-FedAvg, clipped client updates and server-side noise (:mod:`fedsb.privacy.client_dp`).
 
-:func:`make_dp_trainer` returns the client trainer to hand to :class:`fedsb.simulation.Simulator`.
+:func:`make_dp_trainer` returns the client trainer to hand to :class:`fedsb.simulation.simulator.Simulator`.
 """
 
 from __future__ import annotations
 
-from fedsb.federation import Federation
+from fedsb.core.federation import Federation
 from fedsb.privacy.accounting import PrivacyLedger, epsilon_of, solve_noise_multiplier
 from fedsb.privacy.trainer_base import DPTrainer
 

@@ -14,7 +14,7 @@ aggregate by at most ``C / m`` plus noise, as for an honest one. Each client's i
 the sum and cannot re-clip: clipping then stays with the clients (``privacy.clipping`` in summary.json).
 
 Accounting, q = 1 over the rounds a client takes part in. The clients of a round are a fixed-size subset
-drawn from the run seed (:func:`fedsb.federation.scheduled_clients`): a public schedule, so subsampling
+drawn from the run seed (:func:`fedsb.core.federation.scheduled_clients`): a public schedule, so subsampling
 gives no amplification. Each round's release is a Gaussian mechanism (sensitivity C, noise sigma C) on
 the clients scheduled in it; a client not scheduled in a round has no influence on that round's release
 beyond what earlier releases (post-processing) carry. So every client has its own accountant, charged
@@ -43,8 +43,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fedsb.core.federation import Federation, client_init_message
 from fedsb.errors import UsageError
-from fedsb.federation import Federation, client_init_message
 from fedsb.methods import METHODS
 from fedsb.methods.base import ClientUpdate, ServerState
 from fedsb.privacy.accounting import PrivacyLedger, solve_noise_multiplier
@@ -220,7 +220,7 @@ class ClientLevelDP(DPTrainer):
         self.ledger.spend(client, self.server_plan.noise_multiplier, 1.0, 1)
 
     def __call__(self, fed: Federation, client: int, round_idx: int, step_offset: int) -> dict[str, float]:
-        from fedsb.simulation import train_client
+        from fedsb.core.client import train_client
 
         names = fed.method.upload_names(fed.adapted)
         before = fed.adapted.get_state(names)

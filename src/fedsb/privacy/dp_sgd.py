@@ -25,10 +25,10 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from fedsb.adapters.model import AdaptedModel
+from fedsb.core.training import Schedule
 from fedsb.objectives.base import Objective
 from fedsb.privacy.noise import generator_on
 from fedsb.tasks.base import Example
-from fedsb.training import Schedule
 
 #: Attributes DPOptimizer leaves on parameters (GradSampleModule cleans up its own).
 DP_OPTIMIZER_ATTRS = ("summed_grad", "grad_sample", "_processed")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fedsb.config import RunConfig
+from fedsb.core.federation import Federation
 from fedsb.errors import UsageError
-from fedsb.federation import Federation
-from fedsb.init_sources import INIT_SOURCES, DenseInit
+from fedsb.init.sources import INIT_SOURCES, DenseInit
 
 
 def participation(fed: Federation, rounds: int) -> dict[int, list[int]]:

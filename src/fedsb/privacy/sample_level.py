@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import torch
 
+from fedsb.core.federation import Federation, layer_shapes
+from fedsb.core.training import build_optimizer
 from fedsb.errors import UsageError
-from fedsb.federation import Federation, layer_shapes
-from fedsb.init_sources import init_source_for
+from fedsb.init.sources import init_source_for
 from fedsb.privacy.accounting import PrivacyLedger, solve_noise_multiplier
 from fedsb.privacy.dp_sgd import dp_local_train
 from fedsb.privacy.init_dp import init_sample_rate, poisson_examples, private_gradient_sums
 from fedsb.privacy.plan import ClientPlan, participation, private_init_needed, resolve_delta
 from fedsb.privacy.trainer_base import DPTrainer
-from fedsb.training import build_optimizer
 
 
 class SampleLevelDP(DPTrainer):

@@ -14,13 +14,14 @@ from typing import Any
 
 import torch
 
-from fedsb.federation import Federation
+from fedsb.core.client import ClientTrainer
+from fedsb.core.federation import Federation
 from fedsb.privacy.accounting import Entry, PrivacyLedger, epsilon_of
 from fedsb.privacy.noise import dp_generator, noise_label
 from fedsb.privacy.plan import ClientPlan
 
 
-class DPTrainer:
+class DPTrainer(ClientTrainer):
     """Shared bookkeeping: a ledger, a plan per party, a budget, and the reporting around them."""
 
     mode: str = ""

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedsb.prompts import alpaca_prompt
 from fedsb.tasks.base import Example
 from fedsb.tasks.bigbench import read_bigbench
+from fedsb.tasks.prompts import alpaca_prompt
 
 NUMBER_ONLY = "Answer with the number only."
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fedsb.answers import LABEL_FAMILIES, label_family
 from fedsb.errors import FedsbError
-from fedsb.prompts import alpaca_prompt
+from fedsb.tasks.answers import LABEL_FAMILIES, label_family
 from fedsb.tasks.base import Example
 from fedsb.tasks.fields import field
+from fedsb.tasks.prompts import alpaca_prompt
 
 ANSWER_FORMAT_RE = re.compile(r"Answer format:\s*([A-Za-z0-9_]+(?:\s*/\s*[A-Za-z0-9_]+)+)")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedsb.prompts import alpaca_prompt
 from fedsb.tasks.base import Example
 from fedsb.tasks.fields import field
+from fedsb.tasks.prompts import alpaca_prompt
 
 
 def convert(record: dict[str, Any], where: str, prompt_field: str, response_field: str) -> Example:

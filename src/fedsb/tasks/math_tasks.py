@@ -9,11 +9,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fedsb.answers import ANSWER_IS_RE, extract_number
 from fedsb.errors import FedsbError
-from fedsb.prompts import alpaca_prompt
+from fedsb.tasks.answers import ANSWER_IS_RE, extract_number
 from fedsb.tasks.base import Example
 from fedsb.tasks.fields import field
+from fedsb.tasks.prompts import alpaca_prompt
 
 CALC_RE = re.compile(r"<<[^<>]*>>")
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedsb.answers import LABEL_FAMILIES
 from fedsb.errors import FedsbError
-from fedsb.prompts import alpaca_prompt
+from fedsb.tasks.answers import LABEL_FAMILIES
 from fedsb.tasks.base import Example, TaskKind
 from fedsb.tasks.fields import field
+from fedsb.tasks.prompts import alpaca_prompt
 
 NLI_LABELS = LABEL_FAMILIES["nli"]
 INSTRUCTION = ("Does the premise entail the hypothesis, contradict it, or neither? "

@@ -1,0 +1,1 @@
+"""The LoRA-SB initialisation across the federation: what each client sends (init sources) and how the server combines it."""

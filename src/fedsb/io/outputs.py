@@ -1,0 +1,30 @@
+"""The final files of a run, written the same way by ``fedsb run`` and the Flower ServerApp."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from fedsb.config import RunConfig
+from fedsb.core.federation import Federation
+from fedsb.io.export import export_peft
+from fedsb.io.plots import plot_curves
+from fedsb.io.rundir import RunDir
+from fedsb.io.state_io import save_tensors
+
+
+def default_out(cfg: RunConfig) -> Path:
+    """``runs/<method>-r<rank>-<timestamp>``: where a run writes when ``out`` is unset."""
+    return Path("runs") / f"{cfg.method}-r{cfg.adapter.rank}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def save_final(run: RunDir, fed: Federation, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """Adapter state (safetensors), the PEFT adapter, the curves plot, ``metrics.jsonl`` and ``summary.json``."""
+    save_tensors(run.path / "adapter_state.safetensors", {**fed.adapted.get_state(), **fed.adapted.residual_state()},
+                 metadata={"method": fed.cfg.method, "rank": str(fed.cfg.adapter.rank)})
+    task_type = "SEQ_CLS" if fed.loaded.kind == "classification" else "CAUSAL_LM"
+    export_peft(fed.adapted, run.path / "adapter", fed.loaded.source, task_type)
+    plot_curves(rows, run.path / "curves.png", f"{fed.cfg.method} r={fed.cfg.adapter.rank} on {fed.task.name}")
+    run.write_metrics(rows)
+    run.write_summary(summary)

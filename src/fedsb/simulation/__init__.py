@@ -1,0 +1,1 @@
+"""The in-process simulator: k virtual clients sharing one model in memory."""

@@ -1,0 +1,105 @@
+"""``fedsb compare`` end to end on tiny-bert: table rows, files, PNG, isolation between runs, CLI parsing."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pytest
+
+from fedsb.cli import main
+from fedsb.cli.compare import CompareSpec, compare, split_compare_args
+from fedsb.errors import UsageError
+from tests.helpers import tiny_config
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_compare(tmp_path: Path, name: str, methods: list[str], ranks: list[int], seeds: int = 1, workers: int = 1):
+    cfg = tiny_config(out=str(tmp_path / name), federation={"rounds": 2})
+    spec = CompareSpec(methods=methods, fedsb_ranks=ranks, lora_rank=4, seeds=seeds, workers=workers)
+    return compare(cfg, spec, progress=False)
+
+
+def test_compare_two_methods_one_seed(tmp_path: Path) -> None:
+    rows = run_compare(tmp_path, "cmp", ["fed-sb", "fedit"], [2, 4])
+    assert [(r["method"], r["rank"]) for r in rows] == [("fed-sb", 2), ("fed-sb", 4), ("fedit", 4)]
+    out = tmp_path / "cmp"
+    with open(out / "compare.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [(t["method"], int(t["rank"])) for t in table] == [("fed-sb", 2), ("fed-sb", 4), ("fedit", 4)]
+    md = (out / "compare.md").read_text()
+    assert sum(line.startswith("| fed-sb |") for line in md.splitlines()) == 2
+    assert sum(line.startswith("| fedit |") for line in md.splitlines()) == 1
+    png = (out / "compare.png").read_bytes()
+    assert png.startswith(PNG_MAGIC)
+    img = mpimg.imread(out / "compare.png")
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    for method, rank in [("fed-sb", 2), ("fed-sb", 4), ("fedit", 4)]:
+        summary = json.loads((out / "runs" / f"{method}-r{rank}-s0" / "summary.json").read_text())
+        assert (summary["method"], summary["rank"]) == (method, rank)
+    by = {(r["method"], r["rank"]): r for r in rows}
+    # Fed-SB sends r^2 per layer (+ head) each way, FedIT r (d_in + d_out): the table must reflect it.
+    assert by[("fed-sb", 2)]["upload_params"] < by[("fed-sb", 4)]["upload_params"] < by[("fedit", 4)]["upload_params"]
+    assert by[("fed-sb", 4)]["one_time_bytes"] > 0 and by[("fedit", 4)]["one_time_bytes"] == 0
+    assert all(0.0 <= r["accuracy_mean"] <= 1.0 and r["accuracy_std"] == 0.0 for r in rows)
+
+
+def test_runs_do_not_leak_state(tmp_path: Path) -> None:
+    """A run's result must not depend on which methods ran before it on the shared model."""
+    alone = run_compare(tmp_path, "a", ["fed-sb"], [4])
+    after = run_compare(tmp_path, "b", ["fedex-lora", "flora", "fed-sb"], [4])
+    la = json.loads((tmp_path / "a" / "runs" / "fed-sb-r4-s0" / "summary.json").read_text())["final_metrics"]
+    lb = json.loads((tmp_path / "b" / "runs" / "fed-sb-r4-s0" / "summary.json").read_text())["final_metrics"]
+    assert la["loss"] == lb["loss"]
+    assert alone[0]["accuracy_mean"] == after[-1]["accuracy_mean"]
+
+
+@pytest.mark.slow  # spawns two worker processes (imports torch twice): ~20-50 s on a shared 2-core box
+def test_seeds_aggregate_and_workers_do_not_change_results(tmp_path: Path) -> None:
+    one = run_compare(tmp_path, "s", ["fed-sb", "fedit"], [4], seeds=2, workers=1)
+    assert one[0]["seeds"] == 2 and len(one[0]["accuracies"]) == 2
+    names = {"fed-sb-r4-s0", "fed-sb-r4-s1", "fedit-r4-s0", "fedit-r4-s1"}
+    assert {p.name for p in (tmp_path / "s" / "runs").iterdir()} == names
+    two = run_compare(tmp_path, "p", ["fed-sb", "fedit"], [4], seeds=2, workers=2)
+    assert [r["accuracies"] for r in two] == [r["accuracies"] for r in one]
+    for n in names:
+        loss = [json.loads((tmp_path / d / "runs" / n / "summary.json").read_text())["final_metrics"]["loss"] for d in "sp"]
+        assert loss[0] == loss[1]
+
+
+def test_cli_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli"
+    rc = main(["compare", "--model", "tiny-bert", "--model.kind", "classification", "--methods", "fed-sb,ffa-lora",
+               "--fedsb-ranks", "2", "--lora-rank", "2", "--seeds", "1", "--workers", "1", "--rounds", "1", "--steps", "1",
+               "--task.max_test_examples", "8", "--train.threads", "1", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    assert "ffa-lora" in capsys.readouterr().out
+    cfg_text = (out / "runs" / "ffa-lora-r2-s0" / "config.toml").read_text()
+    assert "rounds = 1" in cfg_text and 'method = "ffa-lora"' in cfg_text
+    assert main(["compare", "--methods", "fed-sb", "--workers", "1", "--out", str(out), "--no-progress"]) == 2  # exists, no --overwrite
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--methods", "fedsb"], "did you mean 'fed-sb'"),
+        (["--fedsb-ranks", "4,x"], "comma-separated integers"),
+        (["--seeds", "0"], "positive"),
+        (["--workers", "1,2"], "one number"),
+        (["--rank", "8"], "--fedsb-ranks"),
+        (["--method", "fedit"], "--methods"),
+    ],
+)
+def test_bad_arguments(args: list[str], needle: str) -> None:
+    with pytest.raises(UsageError, match=needle):
+        split_compare_args(args)
+
+
+def test_split_args() -> None:
+    config, flags, spec, over = split_compare_args(["my.toml", "--methods=fedit,flora", "--rounds", "3", "--overwrite"])
+    assert config == "my.toml" and flags == {"--overwrite"}
+    assert spec.variants() == [("fedit", 8), ("flora", 8)]
+    assert over == [("rounds", "3")]

@@ -34,6 +34,7 @@ DEFAULTS = {
     "eval": {"every": 1, "batch_size": 64, "mode": "auto"},
     "dp": {"mode": "off", "epsilon": None, "delta": None, "max_grad_norm": 1.0, "noise_multiplier": None,
            "allow_loose_delta": False, "accountant": "rdp", "init_noise_multiplier": None, "reproducible_noise": False},
+    "tracking": {"backends": []},
 }
 
 

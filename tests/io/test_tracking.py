@@ -45,3 +45,30 @@ def test_unknown_or_missing_backend_is_refused() -> None:
     if missing:
         with pytest.raises(UsageError, match=f"pip install {missing[0]}"):
             check_backends([missing[0]])
+
+
+def test_fedsb_run_with_tensorboard_writes_every_row(tmp_path) -> None:
+    import json
+
+    from fedsb.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--model", "tiny-bert", "--rank", "4", "--rounds", "2", "--steps", "2", "--init.samples", "4",
+                 "--task.max_test_examples", "16", "--tracking.backends", "tensorboard", "--out", str(out),
+                 "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    got = read_scalars(out / "tensorboard")
+    assert got["accuracy"] == [(r["round"], pytest.approx(r["accuracy"])) for r in rows]
+    assert [s for s, _ in got["upload_bytes_round"]] == [1, 2]
+
+
+def test_fedsb_run_refuses_a_missing_tracker_before_any_work(tmp_path, monkeypatch) -> None:
+    import importlib.util
+
+    from fedsb.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    out = tmp_path / "run"
+    assert main(["run", "--model", "tiny-bert", "--tracking.backends", "mlflow", "--out", str(out)]) == 2
+    assert not out.exists()

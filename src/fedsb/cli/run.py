@@ -19,6 +19,7 @@ from fedsb.core.federation import build_federation
 from fedsb.errors import FedsbError, Interrupted, UsageError
 from fedsb.io.checkpoint import load_checkpoint, remove_stale_temp, restore_checkpoint, save_checkpoint
 from fedsb.io.outputs import default_out, save_final
+from fedsb.io.tracking import check_backends, make_trackers
 from fedsb.io.rundir import RunDir
 from fedsb.privacy import make_dp_trainer
 from fedsb.privacy.noise import NOT_PRIVATE, SECRET
@@ -79,7 +80,9 @@ def run(cfg: RunConfig, overwrite: bool = False, console: Console | None = None,
 
 
 def check_paths(cfg: RunConfig) -> None:
-    """Local files the run will read, checked before any heavy work (the loaders check their contents)."""
+    """Local files the run will read, checked before any heavy work (the loaders check their contents); also
+    that every configured experiment tracker is installed."""
+    check_backends(cfg.tracking.backends)
     if cfg.task.path is not None and not Path(cfg.task.path).expanduser().exists():
         raise FedsbError(f"data file {cfg.task.path!r} not found; check task.path (--data)")
     if cfg.init.source == "public" and cfg.init.public_path is not None and not Path(cfg.init.public_path).expanduser().exists():
@@ -184,9 +187,11 @@ def _execute(sim: Simulator, rundir: RunDir, console: Console, start_round: int,
         console.print(header)
 
     saved: list[int] = [sim.rows[-1]["round"]] if sim.rows else []
+    trackers = make_trackers(cfg.tracking.backends, rundir.path, rundir.path.name, cfg.to_dict())
 
     def on_round(row: dict[str, Any]) -> None:
         rundir.write_metrics(sim.rows)
+        trackers(row)
         if row["round"] == 0:
             console.print(header)
         console.print(fmt_row(row, columns, headers))
@@ -218,6 +223,8 @@ def _execute(sim: Simulator, rundir: RunDir, console: Console, start_round: int,
             f"interrupted {where}; {rundir.path} holds a checkpoint after round {saved[-1]}: "
             f"continue with `fedsb run --resume {rundir.path}`"
         ) from None
+    finally:
+        trackers.close()
     s = result.summary
     c = s["comm"]
     if sim.stop_reason:

@@ -182,6 +182,13 @@ class DPConfig(Section):
     reproducible_noise: bool = False
 
 
+class TrackingConfig(Section):
+    section = "tracking"
+    # Experiment trackers fed every metrics row (fedsb.io.tracking): tensorboard (event files in the run
+    # directory's tensorboard/), mlflow, wandb; each needs its package installed. Off by default.
+    backends: Names = Field(default_factory=list)
+
+
 class RunConfig(Section):
     """The whole run: top-level keys and one table per section (TOML layout)."""
 
@@ -197,6 +204,7 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     dp: DPConfig = Field(default_factory=DPConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The nested dict of every key (the TOML layout of the run directory's ``config.toml``)."""

@@ -90,7 +90,9 @@ def serve(grid: Grid, context: Context, cfg: RunConfig, opts: FlowerOptions, res
     from fedsb.io.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
     from fedsb.io.outputs import default_out
     from fedsb.io.rundir import RunDir
+    from fedsb.io.tracking import check_backends, make_trackers
 
+    check_backends(cfg.tracking.backends)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     cfg.out = str(out)
     start = 1
@@ -118,8 +120,11 @@ def serve(grid: Grid, context: Context, cfg: RunConfig, opts: FlowerOptions, res
         rundir = RunDir.create(out, overwrite=True)
         rundir.write_config(cfg.to_dict())
 
+    trackers = make_trackers(cfg.tracking.backends, rundir.path, rundir.path.name, cfg.to_dict())
+
     def on_round(row: dict[str, Any]) -> None:
         rundir.write_metrics(strategy.rows)
+        trackers(row)
         save_checkpoint(rundir.path, strategy)
         acc = row.get("accuracy")
         eps = f", epsilon {row['epsilon']:.4g} (max over {row['dp_mode']}-level accountants)" if "epsilon" in row else ""
@@ -128,7 +133,10 @@ def serve(grid: Grid, context: Context, cfg: RunConfig, opts: FlowerOptions, res
               flush=True)
 
     strategy.on_round = on_round
-    strategy.run(grid, start_round=start, context=context)
+    try:
+        strategy.run(grid, start_round=start, context=context)
+    finally:
+        trackers.close()
     if strategy.stop_reason:
         print(f"[fedsb] {strategy.stop_reason}; stopped after round {strategy.rows[-1]['round']} of "
               f"{cfg.federation.rounds}, everything so far is saved", flush=True)

@@ -19,8 +19,8 @@ from fedsb.core.federation import build_federation
 from fedsb.errors import FedsbError, Interrupted, UsageError
 from fedsb.io.checkpoint import load_checkpoint, remove_stale_temp, restore_checkpoint, save_checkpoint
 from fedsb.io.outputs import default_out, save_final
-from fedsb.io.tracking import check_backends, make_trackers
 from fedsb.io.rundir import RunDir
+from fedsb.io.tracking import check_backends, make_trackers
 from fedsb.privacy import make_dp_trainer
 from fedsb.privacy.noise import NOT_PRIVATE, SECRET
 from fedsb.simulation.simulator import SimulationResult, Simulator

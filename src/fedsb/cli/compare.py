@@ -41,7 +41,7 @@ from fedsb.core.federation import assemble_federation, model_kind
 from fedsb.errors import FedsbError, UsageError
 from fedsb.io.compare_plot import plot_pareto
 from fedsb.io.rundir import RunDir, atomic_write_text, write_json
-from fedsb.methods import METHODS
+from fedsb.methods import METHODS, import_plugins, plugin_modules
 from fedsb.models.load import load_model
 from fedsb.simulation.simulator import Simulator
 from fedsb.tasks import load_task
@@ -218,12 +218,13 @@ class SharedModel:
 Job = tuple[int, str, int, int, str]  # (index, method, rank, seed, run directory)
 
 
-def _worker(cfg: RunConfig, jobs: Any, results: Any) -> None:
+def _worker(cfg: RunConfig, jobs: Any, results: Any, plugins: list[str]) -> None:
     """A worker process: load the model once, then take jobs until a ``None`` arrives."""
     from fedsb.environment import quiet_libraries
 
     quiet_libraries()
     try:
+        import_plugins(plugins)  # methods registered outside fedsb, as in the parent
         shared = SharedModel(cfg)
         while (job := jobs.get()) is not None:
             i, method, rank, seed, path = job
@@ -246,7 +247,7 @@ def run_jobs(cfg: RunConfig, jobs: list[Job], workers: int, on_result: Callable[
         job_q.put(j)
     for _ in range(workers):
         job_q.put(None)
-    procs = [ctx.Process(target=_worker, args=(cfg, job_q, res_q), daemon=True) for _ in range(workers)]
+    procs = [ctx.Process(target=_worker, args=(cfg, job_q, res_q, plugin_modules()), daemon=True) for _ in range(workers)]
     for pr in procs:
         pr.start()
     try:

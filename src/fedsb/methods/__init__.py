@@ -1,6 +1,15 @@
-"""The five federated methods behind one interface (``fedsb.methods.base.Method``)."""
+"""The federated methods behind one interface (``fedsb.methods.base.Method``), and their registry.
+
+A method is one module: a :class:`~fedsb.methods.base.Method` subclass that states what clients train, the
+payloads, the aggregation, its communication formula, its default learning rate, whether it is additive, and
+its plot style. :func:`register_method` adds it to :data:`METHODS`; every entry point (``fedsb run``,
+``compare``, the Flower apps) then accepts its name. A method defined outside fedsb is found again in the
+processes fedsb spawns (``fedsb compare`` workers) by importing the module that registered it.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 from fedsb.config import did_you_mean
 from fedsb.errors import UsageError
@@ -12,6 +21,28 @@ from fedsb.methods.ffa_lora import FFALoRA
 from fedsb.methods.flora import FLoRA
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (FedSB, FedIT, FFALoRA, FedExLoRA, FLoRA)}
+_BUILTIN = frozenset(METHODS)
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Add ``cls`` to the registry under ``cls.name`` (usable as a class decorator); a name is taken only once."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{cls.__name__} needs a class attribute `name` to be registered")
+    if METHODS.get(name, cls) is not cls:
+        raise ValueError(f"method name {name!r} is already registered by {METHODS[name].__module__}.{METHODS[name].__name__}")
+    METHODS[name] = cls
+    return cls
+
+
+def plugin_modules() -> list[str]:
+    """Modules that registered methods from outside fedsb (a spawned process imports them to see the same registry)."""
+    return sorted({cls.__module__ for name, cls in METHODS.items() if name not in _BUILTIN})
+
+
+def import_plugins(modules: list[str]) -> None:
+    for m in modules:
+        importlib.import_module(m)
 
 
 def get_method(name: str) -> type[Method]:
@@ -23,4 +54,5 @@ def get_method(name: str) -> type[Method]:
                          f"choose one of: {', '.join(METHODS)}") from None
 
 
-__all__ = ["METHODS", "ClientUpdate", "Method", "ServerState", "get_method"]
+__all__ = ["METHODS", "ClientUpdate", "Method", "ServerState", "get_method", "import_plugins", "plugin_modules",
+           "register_method"]

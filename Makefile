@@ -12,7 +12,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION ?= 1
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install run test lint docs clean
+.PHONY: install run test test-long check lint docs clean
 
 # constraints.txt pins every package to the versions fedsb is tested with (pyproject.toml only states ranges).
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -28,8 +28,19 @@ install: $(VENV)/.installed
 run: install
 	$(VENV)/bin/fedsb run
 
+# The suite CI runs (a few minutes on 2 cores); `make test-long` adds the multi-minute real-model runs.
 test: install
-	$(PY) -m pytest -q -n 2 --maxschedchunk 2 --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(PY) -m pytest -q -n 2 --maxschedchunk 2 --durations=15 -m "not long"; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+test-long: install
+	$(PY) -m pytest -q -n 2 --maxschedchunk 2 --durations=15 -m long; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# Static checks CI runs before the tests: lint, the import layers, types, and the docs site.
+check: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

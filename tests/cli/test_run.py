@@ -70,6 +70,7 @@ def test_methods_lists_the_five(capsys: pytest.CaptureFixture[str]) -> None:
     assert all(METHODS[n].__module__ in plugin_modules() for n in names[5:])
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_default_quickstart_reaches_080(tmp_path: Path) -> None:
     """`fedsb run` with no arguments: the embedded MiniLM intent-recognition job (README's first command)."""

@@ -21,6 +21,7 @@ def alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_two_supernodes_two_rounds_of_fed_sb_over_tls_with_supernode_auth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The "several machines" setup on loopback: TLS on every connection and only registered SuperNodes."""

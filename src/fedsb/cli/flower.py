@@ -27,31 +27,10 @@ VALUED = ("--wire-dtype", "--supernodes", "--cpus-per-client", "--deploy-home", 
 
 def split_flower_args(tokens: list[str]) -> tuple[str | None, dict[str, Any], list[tuple[str, str]]]:
     """Config path, transport options, and fedsb ``--key value`` overrides."""
-    from fedsb.cli.args import parse_overrides
+    from fedsb.cli.args import split_args
 
-    opts: dict[str, Any] = {}
-    rest: list[str] = []
-    i = 0
-    while i < len(tokens):
-        tok = tokens[i]
-        name = tok.split("=", 1)[0]
-        if tok in FLAGS:
-            opts[tok[2:]] = True
-        elif name in VALUED:
-            if "=" in tok:
-                opts[name[2:]] = tok.split("=", 1)[1]
-            else:
-                if i + 1 >= len(tokens):
-                    raise UsageError(f"{name} needs a value")
-                opts[name[2:]] = tokens[i + 1]
-                i += 1
-        else:
-            rest.append(tok)
-        i += 1
-    config = None
-    if rest and not rest[0].startswith("--"):
-        config, rest = rest[0], rest[1:]
-    return config, opts, parse_overrides(rest)
+    config, opts, pairs = split_args(tokens, FLAGS, VALUED)
+    return config, dict(opts), pairs
 
 
 def _options(opts: dict[str, Any]) -> Any:

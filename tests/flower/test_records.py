@@ -7,12 +7,12 @@ import io
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedsb.comm.accounting import payload_bytes as analytic_bytes
 from fedsb.comm.accounting import to_wire
 from fedsb.errors import FedsbError
-from fedsb.flower.records import count, from_record, payload_bytes, to_record
+from fedsb.flower.records import array_record, count, from_record, payload_bytes, record_int, to_record
 
 
 def tensors() -> dict[str, torch.Tensor]:
@@ -51,6 +51,28 @@ def test_rejects_wrong_dtype_shape_and_non_finite() -> None:
     rec = ArrayRecord({"x": Array(dtype="float32", shape=(1,), stype="pickle", data=b"\x80\x04")})
     with pytest.raises(FedsbError, match="serialisation"):
         from_record(rec)
+
+
+def test_record_int_takes_only_an_int() -> None:
+    """Rounds, counts and partition ids from another party: a float, string, bool or list is refused, not rounded."""
+    rec = ConfigRecord({"ok": 3, "float": 3.7, "str": "3", "bool": True, "list": [3]})
+    assert record_int(rec, "ok") == 3 and record_int(MetricRecord({"n": 8}), "n") == 8
+    for key in ("float", "str", "bool", "list"):
+        with pytest.raises(FedsbError, match=f"setup reply: '{key}' is of type"):
+            record_int(rec, key, "setup reply")
+    with pytest.raises(FedsbError, match="is of type Array"):
+        record_int(to_record(tensors()), "head.weight")
+    with pytest.raises(KeyError):
+        record_int(rec, "absent")
+
+
+def test_array_record_refuses_another_record_type() -> None:
+    content = RecordDict({"arrays": to_record(tensors()), "config": ConfigRecord({"arrays": 1})})
+    assert isinstance(array_record(content, "arrays"), ArrayRecord)
+    with pytest.raises(FedsbError, match="broadcast: expected an ArrayRecord, got ConfigRecord"):
+        array_record(content, "config", "broadcast")
+    with pytest.raises(KeyError):
+        array_record(content, "absent")
 
 
 def test_raw_mode_keeps_integer_init_messages() -> None:

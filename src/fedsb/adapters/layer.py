@@ -23,6 +23,10 @@ AdapterMode = Literal["lora-sb", "lora", "ffa"]
 ADAPTER_MODES: tuple[str, ...] = ("lora-sb", "lora", "ffa")
 
 
+#: The layers an :class:`AdapterLayer` can wrap.
+BaseLayer = nn.Linear | Conv1D
+
+
 def base_shape(base: nn.Module) -> tuple[int, int]:
     """(d_out, d_in) of an ``nn.Linear`` or a GPT-2 ``Conv1D`` (which stores the transpose)."""
     if isinstance(base, Conv1D):
@@ -33,7 +37,7 @@ def base_shape(base: nn.Module) -> tuple[int, int]:
     raise TypeError(f"cannot adapt {type(base).__name__}: only nn.Linear and transformers Conv1D are supported")
 
 
-def base_weight(base: nn.Module) -> Tensor:
+def base_weight(base: BaseLayer) -> Tensor:
     """The base weight in ``nn.Linear`` layout (d_out x d_in), as a view when possible."""
     return base.weight.T if isinstance(base, Conv1D) else base.weight
 
@@ -47,11 +51,16 @@ def lora_a_init(d_in: int, rank: int, generator: torch.Generator) -> Tensor:
 class AdapterLayer(nn.Module):
     """A frozen ``nn.Linear``/``Conv1D`` with a float32 LoRA, LoRA-SB or FFA-LoRA adapter."""
 
+    # Declared so that the type checker does not take them for nn.Module.__getattr__'s Tensor | Module.
+    base: BaseLayer
+    residual: Tensor | None  # a registered buffer
+
     def __init__(self, base: nn.Module, mode: AdapterMode, rank: int, alpha: float) -> None:
         super().__init__()
         if mode not in ADAPTER_MODES:
             raise ValueError(f"unknown adapter mode {mode!r}; expected one of {ADAPTER_MODES}")
         self.d_out, self.d_in = base_shape(base)
+        assert isinstance(base, (nn.Linear, Conv1D))  # base_shape refused anything else
         if not 1 <= rank <= min(self.d_in, self.d_out):
             raise ValueError(f"rank {rank} must be between 1 and min(d_in, d_out) = {min(self.d_in, self.d_out)}")
         self.base = base

@@ -56,6 +56,7 @@ def gradient_sums(
             loss = loss_fn(model, batch) * b
             loss.backward()
             for n, w in weights.items():
+                assert w.grad is not None  # every adapted layer is on the loss's path, so its weight has a gradient
                 g = w.grad.T if transposed[n] else w.grad
                 sums[n].add_(g.to(torch.float32))
                 w.grad = None

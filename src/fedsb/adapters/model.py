@@ -104,7 +104,7 @@ class AdaptedModel(nn.Module):
         names = [f"{n}.{p}" for n, layer in self.layers.items() for p in layer.trainable_names()]
         return names + self.head_state_names()
 
-    def _tensor(self, name: str) -> Tensor:
+    def _tensor(self, name: str) -> nn.Parameter:
         return self.model.get_parameter(name)
 
     def get_state(self, names: Iterable[str] | None = None) -> dict[str, Tensor]:

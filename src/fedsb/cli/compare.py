@@ -133,7 +133,9 @@ def eval_every_given(config: str | None, overrides: list[tuple[str, str]]) -> bo
     """Whether the user chose ``eval.every`` (compare otherwise evaluates after the last round only)."""
     if any(k == "eval.every" for k, _ in overrides):
         return True
-    return bool(config) and "every" in load_toml(config).get("eval", {})
+    if not config:
+        return False
+    return "every" in load_toml(config).get("eval", {})
 
 
 # --- shared model --------------------------------------------------------------------------------------
@@ -176,7 +178,7 @@ class SharedModel:
         self.tasks: dict[int, TaskData] = {}
         task = self.task(cfg.seed)
         torch.manual_seed(cfg.seed)
-        self.loaded = load_model(cfg.model.name, self.kind, max(2, len(task.labels)), cfg.model.dtype, cfg.seed)  # type: ignore[arg-type]
+        self.loaded = load_model(cfg.model.name, self.kind, max(2, len(task.labels)), cfg.model.dtype, cfg.seed)
         self.std = float(getattr(self.loaded.model.config, "initializer_range", 0.02) or 0.02)
         self.pristine: dict[str, torch.Tensor] | None = None
 
@@ -184,7 +186,7 @@ class SharedModel:
         """The task split of ``seed`` (the held-out split is drawn from the seed, as in ``fedsb run``)."""
         if seed not in self.tasks:
             self.tasks = {}  # one seed at a time: runs are ordered seed-major
-            task = load_task(self.cfg.task, self.kind, seed)  # type: ignore[arg-type]
+            task = load_task(self.cfg.task, self.kind, seed)
             if not task.train or not task.test:
                 raise FedsbError(f"task {task.name!r} has {len(task.train)} training and {len(task.test)} test examples; "
                                  "both must be > 0")

@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -98,7 +98,8 @@ def task_examples(spec: str, fmt: str, kind: str, max_examples: int | None, seed
     from fedsb.tasks.loader import load_eval_examples
 
     is_path = Path(spec).exists() or spec.endswith((".json", ".jsonl")) or spec.startswith((".", "/", "~"))
-    cfg = TaskConfig(name=spec if not is_path else Path(spec).stem, path=spec if is_path else None, format=fmt)
+    # --format goes in as typed: TaskConfig checks it against its choices (a UsageError naming them).
+    cfg = TaskConfig(name=spec if not is_path else Path(spec).stem, path=spec if is_path else None, format=cast(Any, fmt))
     if kind == "classification":
         from fedsb.tasks import load_task
 

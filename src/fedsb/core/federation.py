@@ -21,7 +21,7 @@ from fedsb.errors import FedsbError
 from fedsb.init.sources import Combiner, init_source_for
 from fedsb.methods import get_method
 from fedsb.methods.base import Method
-from fedsb.models.load import LoadedModel, load_model, resolve_device
+from fedsb.models.load import LoadedModel, ModelKind, load_model, resolve_device
 from fedsb.objectives.base import Objective
 from fedsb.tasks import load_task
 from fedsb.tasks.base import Example, TaskData
@@ -99,7 +99,7 @@ def make_objective(cfg: RunConfig, loaded: LoadedModel, task: TaskData, device: 
 ENCODER_FAMILIES = ("bert", "roberta", "distilbert", "deberta", "deberta-v2", "electra", "xlm-roberta")
 
 
-def model_kind(cfg: RunConfig) -> str:
+def model_kind(cfg: RunConfig) -> ModelKind:
     """``model.kind``, or for ``auto``: encoders are classifiers, decoders are causal LMs."""
     if cfg.model.kind != "auto":
         return cfg.model.kind
@@ -117,14 +117,14 @@ def model_kind(cfg: RunConfig) -> str:
     return "classification" if conf.model_type in ENCODER_FAMILIES else "causal-lm"
 
 
-def build_federation(cfg: RunConfig, kind: str | None = None) -> Federation:
+def build_federation(cfg: RunConfig, kind: ModelKind | None = None) -> Federation:
     """Load model and data, inject adapters, split the data over clients (no init yet)."""
     torch.manual_seed(cfg.seed)
     kind = kind or model_kind(cfg)
-    task = load_task(cfg.task, kind, cfg.seed)  # type: ignore[arg-type]
+    task = load_task(cfg.task, kind, cfg.seed)
     if not task.train or not task.test:
         raise FedsbError(f"task {task.name!r} has {len(task.train)} training and {len(task.test)} test examples; both must be > 0")
-    loaded = load_model(cfg.model.name, kind, max(2, len(task.labels)), cfg.model.dtype, cfg.seed)  # type: ignore[arg-type]
+    loaded = load_model(cfg.model.name, kind, max(2, len(task.labels)), cfg.model.dtype, cfg.seed)
     return assemble_federation(cfg, loaded, task)
 
 
@@ -140,7 +140,7 @@ def assemble_federation(cfg: RunConfig, loaded: LoadedModel, task: TaskData) -> 
     adapted = AdaptedModel(loaded.model, targets, method_cls.adapter_mode, cfg.adapter.rank, cfg.adapter.alpha, head)
     adapted.to(device)
     scaling = adapted.alpha / cfg.adapter.rank
-    method = method_cls(scaling=scaling, weighting=cfg.federation.weighting, seed=cfg.seed)  # type: ignore[arg-type]
+    method = method_cls(scaling=scaling, weighting=cfg.federation.weighting, seed=cfg.seed)
     objective = make_objective(cfg, loaded, task, device)
     pool, public = list(task.train), []
     if cfg.init.source == "public" and not cfg.init.public_path and method_cls.gradient_init:

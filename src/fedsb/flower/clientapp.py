@@ -37,7 +37,7 @@ from fedsb.core.client import ClientTrainer, train_client
 from fedsb.core.federation import Federation, build_federation, client_init_message, scheduled_clients
 from fedsb.devices import client_rng
 from fedsb.errors import FedsbError
-from fedsb.flower.records import dumps, from_record, to_record
+from fedsb.flower.records import array_record, dumps, from_record, record_int, to_record
 from fedsb.flower.secagg import LEGACY_PARAMS, secagg_train, selective_secaggplus_mod
 from fedsb.methods.base import is_base_update
 
@@ -199,7 +199,7 @@ def save_residual(node: Node, context: Context) -> None:
 def held_base(context: Context) -> int:
     """How many server aggregations' base increments this node has folded in (0 after setup)."""
     rec = context.state.config_records.get(STATE_BASE)
-    return int(rec["aggregations"]) if rec is not None else 0
+    return record_int(rec, "aggregations", "node state") if rec is not None else 0
 
 
 def check_increment(node: Node, increment: dict[str, Tensor]) -> None:
@@ -237,7 +237,7 @@ def receive_base(node: Node, context: Context, content: RecordDict, payload: dic
     held = held_base(context)
     if "sync" in content.array_records:
         want = {f"{n}.residual": (layer.d_out, layer.d_in) for n, layer in fed.adapted.layers.items()}
-        res = from_record(content["sync"], shapes=want, what="residual sync")
+        res = from_record(content.array_records["sync"], shapes=want, what="residual sync")
         if not set(res) <= set(want):
             raise FedsbError(f"residual sync: unexpected arrays {sorted(set(res) - set(want))[:3]}; server and node configs differ")
         fed.adapted.set_residual_state(res)
@@ -357,7 +357,7 @@ def sync(msg: Message, context: Context) -> Message:
     shapes = node.fed.adapted.shapes()
     if "onetime" in msg.content.array_records:
         names = set(node.fed.method.one_time_names(node.fed.adapted))
-        one_time = from_record(msg.content["onetime"], shapes=shapes, what="one-time broadcast")
+        one_time = from_record(msg.content.array_records["onetime"], shapes=shapes, what="one-time broadcast")
         if set(one_time) != names:
             raise FedsbError("the one-time broadcast does not name this model's B/A tensors; server and node configs differ")
         context.state[STATE_ONETIME] = to_record(one_time, "float32")
@@ -370,12 +370,13 @@ def train(msg: Message, context: Context) -> Message:
         return secagg_train(msg, context)
     node = load_node(context)
     c = msg.content["config"]
-    payload = from_record(msg.content["arrays"], node.wire, node.fed.adapted.shapes(), what="broadcast")
-    why = node_refusal(node, context, int(c["server-round"]))
+    payload = from_record(array_record(msg.content, "arrays", "broadcast"), node.wire, node.fed.adapted.shapes(), what="broadcast")
+    why = node_refusal(node, context, record_int(c, "server-round", "train config"))
     if why:  # before anything changes; an error reply, which the server records as a rejected update
         return refusal_reply(msg, why)
-    receive_base(node, context, msg.content, payload, int(c["base-round"]), keep=True)
-    upload, metrics = local_round(node, context, payload, True, int(c["server-round"]), int(c["step-offset"]))
+    receive_base(node, context, msg.content, payload, record_int(c, "base-round", "train config"), keep=True)
+    upload, metrics = local_round(node, context, payload, True, record_int(c, "server-round", "train config"),
+                                  record_int(c, "step-offset", "train config"))
     reply = RecordDict({
         "arrays": to_record(upload, node.wire),
         "metrics": MetricRecord({**scalar_metrics(metrics), "num-examples": len(node.fed.shards[node.client]),
@@ -390,9 +391,10 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the broadcast model on this node's test split (its own data file in deployment)."""
     node = load_node(context)
-    payload = from_record(msg.content["arrays"], node.wire, node.fed.adapted.shapes(), what="broadcast")
+    payload = from_record(array_record(msg.content, "arrays", "broadcast"), node.wire, node.fed.adapted.shapes(), what="broadcast")
     # The server's base for this evaluation, not saved: the next train message brings what the node needs.
-    receive_base(node, context, msg.content, payload, int(msg.content["config"]["base-round"]), keep=False)
+    receive_base(node, context, msg.content, payload, record_int(msg.content["config"], "base-round", "evaluate config"),
+                 keep=False)
     node.fed.method.load_adapter(node.fed.adapted, payload)
     fed = node.fed
     metrics = fed.objective.evaluate(fed.adapted.model, fed.task.test, node.cfg.eval.batch_size)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import Tensor
 
 from fedsb.comm.accounting import WIRE_DTYPES, Size
@@ -42,10 +43,34 @@ def to_record(tensors: dict[str, Tensor], wire_dtype: str = "float32") -> ArrayR
     return rec
 
 
+def array_record(content: RecordDict, key: str, what: str = "record") -> ArrayRecord:
+    """``content[key]`` (a ``KeyError`` when absent), refused with :class:`FedsbError` unless it is an ArrayRecord.
+
+    A sender picks the type of every record it sends; this is the check :func:`from_record` makes, done
+    where the record is taken out of the message.
+    """
+    rec = content[key]
+    if not isinstance(rec, ArrayRecord):
+        raise FedsbError(f"{what}: expected an ArrayRecord, got {type(rec).__name__}")
+    return rec
+
+
+def record_int(record: ArrayRecord | MetricRecord | ConfigRecord, key: str, what: str = "record") -> int:
+    """The integer ``record[key]`` of a received config or metric record (a ``KeyError`` when absent).
+
+    Every integer fedsb sends (rounds, example counts, partition ids) travels as an ``int``; anything else
+    (a float, a string, a bool, a list, an array) is refused with :class:`FedsbError` naming the key.
+    """
+    value = record[key]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise FedsbError(f"{what}: {key!r} is of type {type(value).__name__}, expected an integer; the sender's message is malformed")
+    return value
+
+
 def from_record(
     rec: ArrayRecord,
     wire_dtype: str = "float32",
-    shapes: dict[str, tuple[int, ...]] | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
     what: str = "record",
     raw: bool = False,
 ) -> dict[str, Tensor]:

@@ -25,13 +25,13 @@ sets ``max_weight`` to the largest declared example count, so the error is about
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.client.mod import secaggplus_mod
-from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import Code, FitIns, FitRes, Scalar, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server.strategy import FedAvg as LegacyFedAvg
@@ -42,10 +42,18 @@ from fedsb.methods.base import ClientUpdate
 from fedsb.privacy.client_dp import ClientLevelDP
 
 if TYPE_CHECKING:
+    from flwr.serverapp import Grid
+
     from fedsb.flower.strategy import FedsbStrategy
     from fedsb.flower.wire import MeteredGrid
 
 LEGACY_PARAMS = "fitins.parameters"
+
+
+def as_grid(grid: MeteredGrid) -> Grid:
+    """``grid`` where Flower wants its ``Grid``: a MeteredGrid passes every call it does not meter through
+    (``__getattr__``), which the type checker cannot see."""
+    return cast("Grid", grid)
 
 
 def selective_secaggplus_mod(msg: Message, ctxt: Context, call_next: Any) -> Message:
@@ -103,9 +111,9 @@ class _Glue(LegacyFedAvg):
         s = self.runner.strategy
         out = []
         for pid in s.fed.sample_clients(server_round):
-            config = {"server-round": server_round, "step-offset": s.step_offset(server_round), "base-applied": False,
+            config: dict[str, Scalar] = {"server-round": server_round, "step-offset": s.step_offset(server_round), "base-applied": False,
                       "fedsb-names": json.dumps(self.runner.down_names), "fedsb-clip": s.options.secagg_clipping_range}
-            out.append((GridClientProxy(s.node_of[pid], self.runner.grid, 0), FitIns(parameters, config)))
+            out.append((GridClientProxy(s.node_of[pid], as_grid(self.runner.grid), 0), FitIns(parameters, config)))
         return out
 
     def aggregate_fit(self, server_round: int, results: list[tuple[Any, FitRes]], failures: list[Any]) -> tuple[Any, dict]:
@@ -150,7 +158,7 @@ class SecAggRunner:
         self.lctx.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(params, keep_input=True)
         self.lctx.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: r})
         self.glue.mean = None
-        self.workflow(self.grid, self.lctx)
+        self.workflow(as_grid(self.grid), self.lctx)
         if self.glue.mean is None:
             raise FedsbError(f"SecAgg+ round {r} did not complete (too few clients answered); see the ServerApp log")
         up_names = sorted(s.method.upload_names(s.fed.adapted))

@@ -26,7 +26,7 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -40,7 +40,7 @@ from fedsb.core.rounds import BaseVersions, cached, complete_row, gated_rounds, 
 from fedsb.core.summary import run_summary
 from fedsb.core.validation import UpdateValidator
 from fedsb.errors import FedsbError
-from fedsb.flower.records import dumps, from_record, record_size, to_record
+from fedsb.flower.records import array_record, dumps, from_record, record_int, record_size, to_record
 from fedsb.flower.wire import MeteredGrid, summarise
 from fedsb.init.sources import get_init_source
 from fedsb.methods.base import ClientUpdate, ServerState
@@ -166,19 +166,20 @@ class FedsbStrategy(Strategy):
         self.node_of = {}
         for r in replies:
             m = r.content["metrics"]
-            pid, node = int(m["partition-id"]), int(r.metadata.src_node_id)
+            pid, node = record_int(m, "partition-id", "setup reply"), int(r.metadata.src_node_id)
             if not 0 <= pid < cfg.federation.clients or pid in self.node_of:
                 raise FedsbError(
                     f"SuperNode {node} reports partition-id {pid}, which is out of range or taken; give each SuperNode a "
                     f"distinct --node-config 'partition-id=i num-partitions={cfg.federation.clients}' with i < {cfg.federation.clients}"
                 )
             self.node_of[pid] = node
-            self.examples[pid] = int(m["num-examples"])
+            self.examples[pid] = record_int(m, "num-examples", f"setup reply of partition {pid}")
             if not resume:
                 self.record_history(pid, r.content)
             if want_init:
-                init_msgs[pid] = (from_record(r.content["init"], raw=True, what=f"init message of partition {pid}"),
-                                  int(m["init-examples"]))
+                what = f"init message of partition {pid}"
+                init_msgs[pid] = (from_record(array_record(r.content, "init", what), raw=True, what=what),
+                                  record_int(m, "init-examples", what))
         if len(self.node_of) < cfg.federation.clients:
             raise FedsbError(f"{len(self.node_of)} of {cfg.federation.clients} partitions answered the setup round; check the SuperNode logs")
         self.validator.declare({str(p): n for p, n in self.examples.items()})  # every round's count must match
@@ -289,9 +290,10 @@ class FedsbStrategy(Strategy):
                 continue
             # It handled the message, so it holds the base the message named; what it sent travelled, valid or not.
             self.versions.received(pid, self.state.round)
-            self.uploads.append(record_size(r.content["arrays"]) if "arrays" in r.content.array_records else Size(0, 0))
+            self.uploads.append(record_size(r.content.array_records["arrays"]) if "arrays" in r.content.array_records else Size(0, 0))
             try:
-                payload = from_record(r.content["arrays"], self.options.wire_dtype, shapes, what=f"upload of client {pid}")
+                what = f"upload of client {pid}"
+                payload = from_record(array_record(r.content, "arrays", what), self.options.wire_dtype, shapes, what=what)
                 m = r.content["metrics"]
                 metrics = {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and k not in ("num-examples", "partition-id")}
                 n = m["num-examples"]
@@ -303,7 +305,8 @@ class FedsbStrategy(Strategy):
             except FedsbError as e:
                 failed.append({"client": str(pid), "reason": str(e)})
                 continue
-            updates.append(ClientUpdate(str(pid), payload, int(n) if isinstance(n, int) else n, metrics))
+            # A count that is no int goes to the validator as sent: it rejects the update, naming the count.
+            updates.append(ClientUpdate(str(pid), payload, int(n) if isinstance(n, int) else cast(int, n), metrics))
         updates.sort(key=lambda u: int(u.client_id))  # the simulator's order (float sums depend on it)
         return self._aggregate(server_round, updates, failed)
 
@@ -355,7 +358,7 @@ class FedsbStrategy(Strategy):
             if r.has_error():
                 continue
             m = r.content["metrics"]
-            n = int(m["num-examples"])
+            n = record_int(m, "num-examples", "evaluate reply")
             total += n
             for k, v in m.items():
                 if k != "num-examples" and isinstance(v, (int, float)):

@@ -60,7 +60,8 @@ class MeteredGrid:
 
     def take(self, phase: str | None = None, rnd: int | None = None) -> list[WireEntry]:
         """Remove and return the entries of ``phase``/``rnd`` (all when None)."""
-        keep, out = [], []
+        keep: list[WireEntry] = []
+        out: list[WireEntry] = []
         for e in self.entries:
             hit = (phase is None or e.phase == phase) and (rnd is None or e.round == rnd)
             (out if hit else keep).append(e)

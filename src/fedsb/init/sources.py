@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import zlib
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -111,7 +112,7 @@ class DenseInit(InitSource):
         return {}
 
     def _check(self, message: Message, client: int, like: dict[str, Tensor]) -> None:
-        shapes = self.shapes or {k: tuple(v.shape) for k, v in (like or message).items()}
+        shapes: Mapping[str, tuple[int, ...]] = self.shapes or {k: tuple(v.shape) for k, v in (like or message).items()}
         _check_keys(message, set(shapes), client)
         for k, v in message.items():
             if v.dtype != torch.float32 or tuple(v.shape) != tuple(shapes[k]):
@@ -273,8 +274,8 @@ class SignInit(InitSource):
 
     def finish(self, total: dict[str, Tensor]) -> dict[str, Tensor]:
         # sign of the weighted vote; an exact tie gives 0 (no step on that element, as sign(0) in the dense init)
-        return {name: -self.eta * torch.sign(total[name]).to(torch.float32).reshape(self.shapes[name])  # type: ignore[index]
-                for name in total}
+        shapes = _server_shapes(self)  # known: start() needed them
+        return {name: -self.eta * torch.sign(total[name]).to(torch.float32).reshape(shapes[name]) for name in total}
 
     def upload_bytes(self, message: Message) -> int:
         return wire_bytes(message)

@@ -90,7 +90,9 @@ def _python_rng_state() -> list[Any]:
 
 
 def _numpy_rng_state() -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state(legacy=True)  # (numpy's stubs wrongly give False as the default)
+    assert isinstance(state, tuple)  # the global RandomState is an MT19937, whose legacy state is this tuple
+    name, keys, pos, has_gauss, cached = state
     return {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
 
 

@@ -16,6 +16,7 @@ import torch
 from peft import LoraConfig
 from safetensors.torch import save_file
 from torch import Tensor, nn
+from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from fedsb.adapters.model import AdaptedModel
@@ -112,6 +113,7 @@ def export_merged(adapted: AdaptedModel, tokenizer, out_dir: str | Path) -> Path
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         model = merged_model(adapted)
+        assert isinstance(model, PreTrainedModel)  # adapters wrap models that fedsb.models.load_model loaded
         model.save_pretrained(str(tmp), safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))

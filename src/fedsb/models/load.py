@@ -24,6 +24,7 @@ from transformers import (
     BertConfig,
     GPT2Config,
     LlamaConfig,
+    PreTrainedConfig,
     PreTrainedTokenizerBase,
 )
 from transformers.pytorch_utils import Conv1D
@@ -69,21 +70,29 @@ def minilm_path() -> Path:
     return Path(spec.submodule_search_locations[0]) / "model"
 
 
-def tiny_config(name: str, vocab_size: int, num_labels: int):
+def tiny_config(name: str, vocab_size: int, num_labels: int) -> PreTrainedConfig:
+    config = _tiny_architecture(name, vocab_size)
+    # As the num_labels keyword would (it is a property setting id2label and label2id); transformers 5's
+    # typed config constructors accept it only through **kwargs, which their types do not show.
+    config.num_labels = num_labels
+    return config
+
+
+def _tiny_architecture(name: str, vocab_size: int) -> PreTrainedConfig:
     if name == "tiny-bert":
         return BertConfig(
             vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
-            max_position_embeddings=128, num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+            max_position_embeddings=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         )
     if name == "tiny-llama":
         return LlamaConfig(
             vocab_size=vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=256, num_labels=num_labels, pad_token_id=0,
+            num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
             tie_word_embeddings=True,
         )
     if name == "tiny-gpt2":
         return GPT2Config(
-            vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=256, num_labels=num_labels,
+            vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=256,
             pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         )
     raise ValueError(name)

@@ -54,9 +54,10 @@ def convert(gguf: Path, dest: Path) -> Path:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         # The weights are already dequantised to float32; drop the GGUF quantizer marker so that
-        # transformers agrees to save them as a plain model.
-        model.hf_quantizer = None
-        model.is_quantized = False
+        # transformers agrees to save them as a plain model (ignores: both are set at load time, and
+        # transformers' types do not declare them).
+        model.hf_quantizer = None  # type: ignore[assignment]
+        model.is_quantized = False  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp)

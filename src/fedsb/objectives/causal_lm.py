@@ -21,7 +21,7 @@ Evaluation (``eval.mode``):
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +39,12 @@ STOP_STRINGS = ("### Instruction", "### Response", "### Input", "\n\n\n")
 # Generation budget by answer type: label words are short; math solutions need room to reason.
 MAX_NEW_TOKENS = {"number": 256, "exact": 32}
 DEFAULT_NEW_TOKENS = 32
+
+
+class Generates(Protocol):
+    """A model with Hugging Face's ``generate`` (``GenerationMixin``), which ``nn.Module``'s types do not show."""
+
+    def generate(self, **kwargs: Any) -> Tensor: ...
 
 
 class CausalLMObjective(Objective):
@@ -243,7 +249,7 @@ class CausalLMObjective(Objective):
         ids, mask = self.left_pad([p[-room:] for p in prompts], self.pad_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         eos = sorted({self.eos_id, *([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else [])})
-        out = model.generate(
+        out = cast(Generates, model).generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=budget, do_sample=False, num_beams=1,
             temperature=None, top_p=None, top_k=None, eos_token_id=eos, pad_token_id=self.pad_id,
             stop_strings=list(STOP_STRINGS), tokenizer=self.tokenizer,

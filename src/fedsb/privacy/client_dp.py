@@ -38,7 +38,7 @@ mean does not cover: use sample-level DP for them.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -46,7 +46,7 @@ from torch import Tensor
 from fedsb.core.federation import Federation, client_init_message
 from fedsb.errors import UsageError
 from fedsb.methods import METHODS
-from fedsb.methods.base import ClientUpdate, ServerState
+from fedsb.methods.base import ClientUpdate, Method, ServerState
 from fedsb.privacy.accounting import PrivacyLedger, solve_noise_multiplier
 from fedsb.privacy.init_dp import clip_total
 from fedsb.privacy.noise import generator_on
@@ -144,6 +144,7 @@ class ClientLevelDP(DPTrainer):
             plan.noise_multiplier = dp.noise_multiplier
             plan.init_noise_multiplier = dp.init_noise_multiplier if dp.init_noise_multiplier is not None else dp.noise_multiplier
         else:
+            assert dp.epsilon is not None  # fedsb.config.validate refuses DP with neither epsilon nor noise_multiplier
             stretches = [(1.0, most)]
             fixed = []
             if self.private_init:
@@ -157,7 +158,7 @@ class ClientLevelDP(DPTrainer):
             p.noise_multiplier, p.init_noise_multiplier = plan.noise_multiplier, plan.init_noise_multiplier
         self.server_plan = plan
         super().__init__(fed, PrivacyLedger(dp.accountant, delta), plans, dp.epsilon)
-        fed.method = ClientLevelDPMethod(fed.method, self)  # type: ignore[assignment]
+        fed.method = cast(Method, ClientLevelDPMethod(fed.method, self))  # a Method by delegation (__getattr__)
 
     def init_messages(self, fed: Federation) -> list[tuple[dict[str, Tensor], int]] | None:
         """Each client's init gradient sum clipped as a whole to C; the server's noise enters as one more

@@ -106,7 +106,8 @@ def dp_local_train(
                 # An empty Poisson batch still takes a (pure-noise) step: skipping it would change the
                 # mechanism the accountant assumes.
                 for p in params:
-                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+                    # ignore: Opacus' per-sample gradient attribute, which torch's Parameter type does not declare
+                    p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)  # type: ignore[attr-defined]
             dp_opt.step()
             if on_step is not None:
                 on_step(q)

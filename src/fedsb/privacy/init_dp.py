@@ -74,10 +74,11 @@ def private_gradient_sums(
             for n, t in g.items():
                 sums[n].add_(t, alpha=factor)
     if noise_multiplier > 0:
-        std = noise_multiplier * float(max_grad_norm)  # type: ignore[arg-type]
+        assert max_grad_norm is not None  # refused above: noise needs a clipping norm
+        std = noise_multiplier * float(max_grad_norm)
         for t in sums.values():
-            g = generator_on(generator, t.device)  # the noise is drawn where the sum lives
-            t.add_(torch.normal(0.0, std, size=t.shape, generator=g, device=t.device))
+            gen = generator_on(generator, t.device)  # the noise is drawn where the sum lives
+            t.add_(torch.normal(0.0, std, size=t.shape, generator=gen, device=t.device))
     return sums
 
 

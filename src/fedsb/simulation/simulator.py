@@ -133,6 +133,7 @@ class Simulator:
         t_start = time.perf_counter()
         if self.state is None:
             self.initialise()
+            assert self.state is not None  # initialise() set it
             fed.method.load_adapter(fed.adapted, fed.method.broadcast(self.state))
             row0 = {"round": 0, **self.evaluate(), **self.trainer.round_report(0), "clipped": self.init_clipped,
                     "seconds": round(self.init_seconds, 3)}

@@ -48,6 +48,8 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, chat: bool) -
     """The exact text the model reads before its response (train, likelihood scoring and generation)."""
     if not chat:
         return prompt
-    return tokenizer.apply_chat_template(
+    text = tokenizer.apply_chat_template(
         [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
     )
+    assert isinstance(text, str)  # tokenize=False returns the text (transformers' return type covers every mode)
+    return text

@@ -5,6 +5,8 @@ alone runs through the simulator, the Flower app (real ServerApp strategy and Cl
 from __future__ import annotations
 
 import json
+import multiprocessing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -16,14 +18,13 @@ from fedsb.adapters.model import AdaptedModel
 from fedsb.cli.compare import CompareSpec, compare
 from fedsb.flower.clientapp import app as client_app
 from fedsb.flower.strategy import FedsbStrategy, FlowerOptions
-from fedsb.methods import METHODS, ClientUpdate, Method, ServerState, register_method
+from fedsb.methods import METHODS, ClientUpdate, Method, ServerState, register_method, unregister_method
 from fedsb.methods.base import weighted_mean
 from fedsb.simulation.simulator import Simulator
 from tests.flower.fakegrid import FakeGrid
 from tests.helpers import tiny_config
 
 
-@register_method
 class UniformB(Method):
     """Clients train only B (A frozen from the shared seed, as FFA-LoRA); the server takes the plain mean."""
 
@@ -47,6 +48,18 @@ class UniformB(Method):
 
     def upload_names(self, adapted: AdaptedModel) -> list[str]:
         return adapted.trainable_state_names()
+
+
+if multiprocessing.parent_process() is not None:  # a spawned `fedsb compare` worker importing this plugin module
+    register_method(UniformB)
+
+
+@pytest.fixture(autouse=True)
+def toy_registered() -> Iterator[None]:
+    """Registered for this module's tests only, so other tests see the builtin registry."""
+    register_method(UniformB)
+    yield
+    unregister_method(UniformB.name)
 
 
 def uploads_of_round(method: str, round_idx: int, monkeypatch) -> list[dict[str, torch.Tensor]]:

@@ -35,6 +35,13 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def unregister_method(name: str) -> None:
+    """Remove a method registered from outside fedsb (the five builtins stay)."""
+    if name in _BUILTIN:
+        raise ValueError(f"{name!r} is a builtin method and cannot be unregistered")
+    METHODS.pop(name, None)
+
+
 def plugin_modules() -> list[str]:
     """Modules that registered methods from outside fedsb (a spawned process imports them to see the same registry)."""
     return sorted({cls.__module__ for name, cls in METHODS.items() if name not in _BUILTIN})
@@ -55,4 +62,4 @@ def get_method(name: str) -> type[Method]:
 
 
 __all__ = ["METHODS", "ClientUpdate", "Method", "ServerState", "get_method", "import_plugins", "plugin_modules",
-           "register_method"]
+           "register_method", "unregister_method"]

@@ -133,7 +133,7 @@ def load_model(name: str, kind: ModelKind, num_labels: int = 2, dtype: str = "fl
         if name == "minilm":
             path = str(minilm_path())
         elif name == "smollm2":
-            from fedsb.smollm2 import smollm2_path
+            from fedsb.models.smollm2 import smollm2_path
 
             path = str(smollm2_path())
         else:

@@ -255,3 +255,14 @@ def test_secure_aggregation_keeps_only_format_checks() -> None:
     mean = ClientUpdate("secagg-mean", {"w": torch.full((2,), 1e6)}, 1)
     accepted, rejected = v.filter([mean], {"w": torch.zeros(2)}, ["w"])
     assert accepted == [mean] and not rejected and v.clipped == []
+
+
+def test_client_level_dp_drops_the_median_relative_bound() -> None:
+    # Under client-level DP each update is bounded on its own (re-clip to C); a median-relative bound would
+    # couple clients and void the per-client sensitivity the accountant assumes.
+    from fedsb.core.validation import UpdateValidator
+    from tests.helpers import tiny_config
+
+    plain = UpdateValidator.from_config(tiny_config())
+    private = UpdateValidator.from_config(tiny_config(dp={"mode": "client", "noise_multiplier": 1.0}))
+    assert plain.norm_factor > 0 and private.norm_factor == 0

@@ -149,7 +149,10 @@ class UpdateValidator:
         when ``federation.max_change_norm`` is unset."""
         f = cfg.federation
         bound = TrainingBound.for_federation(fed) if fed is not None and f.max_change_norm is None else None
-        return cls(f.min_clients, f.norm_factor, max_examples, f.max_examples_factor, f.max_change_norm, bound)
+        # Client-level DP bounds each client by its own re-clip to C; a bound relative to the round's median would
+        # make one client's clipping depend on the others' changes, which the DP accounting does not cover.
+        norm_factor = 0.0 if cfg.dp.mode == "client" else f.norm_factor
+        return cls(f.min_clients, norm_factor, max_examples, f.max_examples_factor, f.max_change_norm, bound)
 
     def declare(self, counts: dict[str, int]) -> None:
         """The example counts clients declared at setup: a round's count must equal its client's declaration."""

@@ -48,6 +48,7 @@ def test_defaults_and_to_dict_layout() -> None:
 # (input, the one-line message): the messages of the dataclass loader, kept word for word.
 MESSAGES = [
     ({"rnak": 8}, "unknown config key 'rnak'; see README 'Configuration'"),
+    ({"adapter": {"\n": None}}, "unknown config key 'adapter.\\n'; see README 'Configuration'"),
     ({"federaton": {}}, "unknown config key 'federaton' (did you mean 'federation'?); see README 'Configuration'"),
     ({3: 1}, "unknown config key 3; see README 'Configuration'"),
     ({"adapter": {"rnak": 8}}, "unknown config key 'adapter.rnak' (did you mean 'rank'?); see README 'Configuration'"),

@@ -39,7 +39,9 @@ def _message(err: ErrorDetails, root: type[BaseModel]) -> str:
     for part in loc:
         field = model.model_fields.get(part) if isinstance(part, str) else None
         if field is None:  # an unknown key, or a non-string one
-            shown = f"'{'.'.join([*names, str(part)]).lstrip('.')}'" if any(names) else repr(part)
+            dotted = ".".join([*names, str(part)]).lstrip(".")
+            # A key with control characters (a newline...) is escaped, so the message stays one line.
+            shown = (f"'{dotted}'" if dotted.isprintable() else repr(dotted)) if any(names) else repr(part)
             return f"unknown config key {shown}{did_you_mean(part, list(model.model_fields))}; see README 'Configuration'"
         names.append(part)
         if not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):

@@ -8,8 +8,6 @@ rank (PEFT ``rank_pattern``); the merged export is exact for every method.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +18,7 @@ from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from fedsb.adapters.model import AdaptedModel
+from fedsb.io.rundir import atomic_dir
 
 PEFT_PREFIX = "base_model.model."
 
@@ -73,16 +72,9 @@ def export_peft(adapted: AdaptedModel, out_dir: str | Path, base_model: str, tas
         fan_in_fan_out=fan_in_fan_out,
         inference_mode=True,
     )
-    tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out) as tmp:
         save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         config.save_pretrained(str(tmp))  # PEFT's own adapter_config.json
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -109,18 +101,10 @@ def merged_model(adapted: AdaptedModel) -> nn.Module:
 def export_merged(adapted: AdaptedModel, tokenizer, out_dir: str | Path) -> Path:
     """Save the merged model and tokenizer (safetensors) atomically."""
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out) as tmp:
         model = merged_model(adapted)
         assert isinstance(model, PreTrainedModel)  # adapters wrap models that fedsb.models.load_model loaded
         model.save_pretrained(str(tmp), safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

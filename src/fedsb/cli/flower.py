@@ -62,13 +62,13 @@ def _report(console: Console, summary: dict[str, Any], out: Path) -> None:
 def _resolve(config: str | None, overrides: list[tuple[str, str]], resume: bool = False) -> Any:
     """The run's config; with ``--resume``, the one saved in ``--out DIR``'s checkpoint (as ``fedsb run --resume``)."""
     from fedsb.config import from_dict, overrides_to_dict, resolve, validate
-    from fedsb.methods import get_method
+    from fedsb.methods import method_options
     from fedsb.presets import load_presets
     from fedsb.privacy.noise import refuse_reproducible_noise
 
     if not resume:
         cfg = resolve(config, overrides, load_presets())
-        get_method(cfg.method)  # an unknown method fails here, before Ray or any model starts
+        method_options(cfg.method, cfg.method_options)  # an unknown method or option fails here, before Ray or any model starts
         refuse_reproducible_noise(cfg)  # before Ray or any process starts (the ServerApp refuses it too)
         return cfg
     over = overrides_to_dict(overrides)

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "run" and not ({"-h", "--help"} & set(argv)):
             from fedsb.cli.run import run
             from fedsb.config import resolve
-            from fedsb.methods import get_method
+            from fedsb.methods import method_options
             from fedsb.presets import load_presets
 
             resume_dir, run_args = pop_resume(argv[1:])
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 resume(resume_dir, overrides, progress="--no-progress" not in flags)
                 return 0
             cfg = resolve(config, overrides, load_presets())
-            get_method(cfg.method)  # an unknown method fails here, before any model loads
+            method_options(cfg.method, cfg.method_options)  # an unknown method or option fails here, before any model loads
             run(cfg, overwrite="--overwrite" in flags, progress="--no-progress" not in flags)
             return 0
         if argv and argv[0] == "flower":
@@ -94,12 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "compare" and not ({"-h", "--help"} & set(argv)):
             from fedsb.cli.compare import compare, eval_every_given, split_compare_args
             from fedsb.config import resolve
-            from fedsb.methods import get_method
+            from fedsb.methods import method_options
             from fedsb.presets import load_presets
 
             config, flags, spec, overrides = split_compare_args(argv[1:])
             cfg = resolve(config, overrides, load_presets())
-            get_method(cfg.method)  # an unknown method fails here, before any model loads
+            method_options(cfg.method, cfg.method_options)  # an unknown method or option fails here, before any model loads
             compare(cfg, spec, overwrite="--overwrite" in flags, progress="--no-progress" not in flags,
                     eval_every_set=eval_every_given(config, overrides))
             return 0

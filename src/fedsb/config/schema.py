@@ -162,6 +162,9 @@ class EvalConfig(Section):
     every: Int = Field(default=1, ge=1)  # evaluate on the server every N rounds (and always after the last)
     batch_size: Int = Field(default=64, ge=1)
     mode: Literal["auto", "likelihood", "generate"] = "auto"  # causal LMs
+    # Also score each client's model on its own test share (personal_* columns); auto = for personalised
+    # methods (fedsa-lora), whose clients keep part of their model.
+    personal: Literal["auto", "on", "off"] = "auto"
 
 
 class DPConfig(Section):
@@ -196,6 +199,8 @@ class RunConfig(Section):
     seed: Int = Field(default=0, ge=0, le=2**32 - 1)
     out: str | None = None  # run directory; None = runs/<method>-r<rank>-<timestamp>
     preset: str | None = None
+    # The method's own options (e.g. ravan's heads); checked against the method's Options by fedsb.methods.
+    method_options: dict[str, Any] = Field(default_factory=dict)
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)

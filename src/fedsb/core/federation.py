@@ -19,7 +19,7 @@ from fedsb.config import RunConfig
 from fedsb.core.training import Schedule, batch_stream
 from fedsb.errors import FedsbError
 from fedsb.init.sources import Combiner, init_source_for
-from fedsb.methods import get_method
+from fedsb.methods import get_method, method_options
 from fedsb.methods.base import Method
 from fedsb.models.load import LoadedModel, ModelKind, load_model, resolve_device
 from fedsb.objectives.base import Objective
@@ -135,12 +135,14 @@ def assemble_federation(cfg: RunConfig, loaded: LoadedModel, task: TaskData) -> 
     """
     device = resolve_device(cfg.model.device)
     method_cls = get_method(cfg.method)
+    options = method_options(cfg.method, cfg.method_options)
     targets = cfg.model.targets or loaded.targets
     head = cfg.model.head if cfg.model.head is not None else loaded.head
-    adapted = AdaptedModel(loaded.model, targets, method_cls.adapter_mode, cfg.adapter.rank, cfg.adapter.alpha, head)
+    adapted = AdaptedModel(loaded.model, targets, method_cls.adapter_mode, cfg.adapter.rank, cfg.adapter.alpha, head,
+                           **method_cls.adapter_kwargs(options))
     adapted.to(device)
     scaling = adapted.alpha / cfg.adapter.rank
-    method = method_cls(scaling=scaling, weighting=cfg.federation.weighting, seed=cfg.seed)
+    method = method_cls(scaling=scaling, weighting=cfg.federation.weighting, seed=cfg.seed, options=options)
     objective = make_objective(cfg, loaded, task, device)
     pool, public = list(task.train), []
     if cfg.init.source == "public" and not cfg.init.public_path and method_cls.gradient_init:
@@ -202,7 +204,7 @@ def initialise_adapters(fed: Federation, client_messages: Iterable[tuple[dict[st
     """
     cfg = fed.cfg
     if not fed.method.gradient_init:
-        fed.adapted.init_lora(cfg.seed)
+        fed.method.init_adapter(fed.adapted)
         return {"upload_bytes": 0, "upload_params": 0, "clipped": []}
     source = init_source_for(cfg.init, cfg.adapter.rank, layer_shapes(fed), cfg.seed)
     # One client must not choose B and A (DESIGN §5.2). Under client-level DP the server already clips every

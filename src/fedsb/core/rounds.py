@@ -50,11 +50,13 @@ def server_step(
     aggregate them (or skip the round when fewer than ``min_valid`` are valid), build the next broadcast and
     apply it to the server's model. Returns (state, accepted, rejected, skipped, next payload); what the
     validator clipped or capped is in ``validator.clipped`` / ``validator.capped``."""
-    names = method.upload_names(fed.adapted)
     # What every client started from (the broadcast adapter; FLoRA's fresh one): changes are measured from it.
     method.load_adapter(fed.adapted, to_wire(state.adapter, wire_dtype))
+    method.begin_round(fed.adapted, state.round)  # what the clients trained this round (RoLoRA's factor)
+    names = method.upload_names(fed.adapted)
     reference = fed.adapted.get_state(names)
-    accepted, rejected = validator.filter(updates, reference, names, fed.adapted.shapes(), wire_dtype)
+    accepted, rejected = validator.filter(updates, reference, names, fed.adapted.shapes(), wire_dtype,
+                                          method.check_upload_names)
     skipped = len(accepted) < min_valid
     if not skipped:
         state = method.aggregate(state, accepted)
@@ -62,6 +64,7 @@ def server_step(
     if not skipped:
         method.apply_base_update(fed.adapted, next_payload)
     method.load_adapter(fed.adapted, next_payload)
+    method.begin_round(fed.adapted, state.round)
     return state, accepted, rejected, skipped, next_payload
 
 
@@ -84,10 +87,13 @@ class BaseVersions:
         self.held = dict.fromkeys(range(clients), 0)
 
     def download(self, client: int, broadcast: dict[str, torch.Tensor], aggregations: int,
-                 residual: Callable[[], dict[str, torch.Tensor]]) -> ClientDownload:
-        """What ``client`` must be sent so that it holds the base of ``aggregations`` aggregations."""
-        base = [k for k in broadcast if is_base_update(k)]
+                 residual: Callable[[], dict[str, torch.Tensor]], method: Method | None = None) -> ClientDownload:
+        """What ``client`` must be sent so that it holds the base of ``aggregations`` aggregations; ``method``
+        may leave out adapter tensors the client already holds (:meth:`~fedsb.methods.base.Method.download`)."""
         held = self.held.get(client, self.UNKNOWN)
+        if method is not None:
+            broadcast = method.download(broadcast, held, aggregations)
+        base = [k for k in broadcast if is_base_update(k)]
         if not base or held == aggregations - 1:
             return ClientDownload(dict(broadcast))
         adapter = {k: v for k, v in broadcast.items() if k not in base}

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -35,6 +35,8 @@ from fedsb.config import RunConfig
 from fedsb.methods.base import ClientUpdate
 
 #: ``torch.optim.AdamW``'s default betas, which :func:`fedsb.core.training.build_optimizer` uses (a test ties them).
+#: (names an upload carries, names the method expects) -> why that is malformed, or None.
+NameCheck = Callable[[set[str], list[str]], "str | None"]
 ADAMW_BETAS = (0.9, 0.999)
 WIRE_ROUNDOFF = {"float32": 2.0**-24, "bfloat16": 2.0**-8, "float16": 2.0**-11}
 
@@ -173,8 +175,10 @@ class UpdateValidator:
         counts = list(self.declared.values()) or round_counts
         return max(1, math.floor(self.examples_factor * lower_median(counts))) if counts else None
 
-    def check(self, update: ClientUpdate, reference: dict[str, Tensor], names: list[str]) -> str | None:
-        """The reason to reject ``update``, or None. ``reference`` gives expected shapes of broadcast tensors."""
+    def check(self, update: ClientUpdate, reference: dict[str, Tensor], names: list[str],
+              name_check: NameCheck | None = None) -> str | None:
+        """The reason to reject ``update``, or None. ``reference`` gives expected shapes of broadcast tensors;
+        ``name_check`` (the method's :meth:`~fedsb.methods.base.Method.check_upload_names`) which names it may carry."""
         n = update.num_examples
         if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
             return f"example count {n!r} is not a positive integer"
@@ -187,7 +191,11 @@ class UpdateValidator:
             if n != want:
                 return f"example count {n} differs from the {want} declared at setup"
         got, want_names = set(update.payload), set(names)
-        if got != want_names:
+        if name_check is not None:
+            why = name_check(got, names)
+            if why:
+                return why
+        elif got != want_names:
             missing, extra = sorted(want_names - got)[:3], sorted(got - want_names)[:3]
             return f"tensor names differ from the expected update (missing {missing}, unexpected {extra})"
         for k, t in update.payload.items():
@@ -216,7 +224,7 @@ class UpdateValidator:
 
     def filter(
         self, updates: list[ClientUpdate], reference: dict[str, Tensor], names: list[str], shapes: dict[str, tuple[int, ...]] | None = None,
-        wire_dtype: str = "float32",
+        wire_dtype: str = "float32", name_check: NameCheck | None = None,
     ) -> tuple[list[ClientUpdate], list[tuple[ClientUpdate, str]]]:
         """Accepted (counts capped, changes clipped) and rejected updates. ``reference``: what every client
         started from, for each uploaded name (:func:`fedsb.core.rounds.server_step` builds it)."""
@@ -227,7 +235,7 @@ class UpdateValidator:
         if shapes:
             ref.update({k: torch.empty(s) for k, s in shapes.items() if k not in ref})
         for u in updates:
-            why = self.check(u, ref, names)
+            why = self.check(u, ref, names, name_check)
             (rejected.append((u, why)) if why else accepted.append(u))
         counts = [u.num_examples for u in accepted]  # before capping: local epochs scale with the real count
         cap = self.examples_cap(counts)

@@ -34,7 +34,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedsb.config import RunConfig, from_dict, load_toml, merge, validate
 from fedsb.errors import FedsbError, UsageError
 from fedsb.flower.strategy import FedsbStrategy, FlowerOptions
-from fedsb.methods import get_method
+from fedsb.methods import method_options
 
 FLOWER_KEYS = {
     "flower.wire-dtype": ("wire_dtype", str),
@@ -75,7 +75,7 @@ def parse_run_config(run_config: dict[str, Any]) -> tuple[RunConfig, FlowerOptio
     if data.get("out") == "":
         data.pop("out")
     cfg = validate(from_dict(data))
-    get_method(cfg.method)  # an unknown method fails here, before any model loads
+    method_options(cfg.method, cfg.method_options)  # an unknown method or option fails here, before any model loads
     opts = FlowerOptions()
     for key, (attr, tp) in FLOWER_KEYS.items():
         if key in run_config:

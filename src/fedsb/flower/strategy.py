@@ -104,6 +104,9 @@ class FedsbStrategy(Strategy):
         self.resume_wire: dict[str, Any] = {}  # the metered setup + sync of a resume (result_summary)
         self.pending_row: dict[str, Any] = {}
         self.started = time.perf_counter()
+        # Over Flower the nodes keep their own tensors (FedSA-LoRA's B) in their Context.state; the server holds none.
+        self.local_state: dict[int, dict[str, torch.Tensor]] = {}
+        self.local_start: dict[str, torch.Tensor] = {}
         if self.options.secagg and not self.method.additive:
             raise FedsbError(
                 f"flower.secagg: {self.method.name} cannot use secure aggregation, because its server needs each "
@@ -257,7 +260,7 @@ class FedsbStrategy(Strategy):
         catchup: ArrayRecord | None = None
         out = []
         for pid in partitions:
-            down = self.versions.download(pid, self.payload, self.state.round, residual)
+            down = self.versions.download(pid, self.payload, self.state.round, residual, self.method)
             key = tuple(down.broadcast)
             if key not in records:
                 records[key] = to_record(down.broadcast, self.options.wire_dtype)

@@ -63,6 +63,8 @@ class Resumable(Protocol):
     one_time: dict[str, int]
     init_seconds: float
     trainer: ClientTrainer
+    local_state: dict[int, dict[str, Tensor]]  # per client, what it keeps for itself (empty where clients hold it)
+    local_start: dict[str, Tensor]
 
 
 @dataclasses.dataclass
@@ -75,6 +77,7 @@ class Checkpoint:
     server_adapter: dict[str, Tensor]
     server_pending: dict[str, Tensor]
     model_state: dict[str, Tensor]
+    client_state: dict[int, dict[str, Tensor]]
     rng_torch: Tensor
     rng_cuda: list[Tensor]
     meta: dict[str, Any]
@@ -108,6 +111,11 @@ def save_checkpoint(run_dir: str | Path, sim: Resumable) -> Path:
         tensors[f"server.pending.{k}"] = v
     for k, v in {**fed.adapted.get_state(), **fed.adapted.residual_state()}.items():
         tensors[f"model.{k}"] = v
+    # Tensors each client keeps for itself (FedSA-LoRA's B): "client.<id>.<name>"; "client.start." their initial values.
+    owners: list[tuple[int | str, dict[str, Tensor]]] = [*sim.local_state.items(), ("start", sim.local_start)]
+    for c, own in owners:
+        for k, v in own.items():
+            tensors[f"client.{c}.{k}"] = v
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -165,6 +173,13 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
     cuda = group("rng.cuda.")
+    clients: dict[int, dict[str, Tensor]] = {}
+    for k, v in group("client.").items():
+        cid, _, name = k.partition(".")
+        cid = "-1" if cid == "start" else cid
+        if not cid.lstrip("-").isdigit() or not name:
+            raise FedsbError(f"{str(path)!r} holds a malformed client tensor {k!r}; the checkpoint is corrupt")
+        clients.setdefault(int(cid), {})[name] = v
     return Checkpoint(
         round=int(meta["round"]),
         config=meta["config"],
@@ -172,6 +187,7 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         server_adapter=group("server.adapter."),
         server_pending=group("server.pending."),
         model_state=group("model."),
+        client_state=clients,
         rng_torch=tensors["rng.torch"],
         rng_cuda=[cuda[k] for k in sorted(cuda, key=int)],
         meta=meta,
@@ -197,6 +213,13 @@ def restore_checkpoint(sim: Resumable, ckpt: Checkpoint) -> int:
     except (KeyError, ValueError) as e:
         raise FedsbError(f"the checkpoint does not fit the model: {e}; start again with --overwrite") from None
     fed.adapted.set_residual_state(residual)
+    local = set(fed.method.local_names(fed.adapted))
+    for c, own in ckpt.client_state.items():
+        if set(own) != local or not -1 <= c < len(fed.shards):
+            raise FedsbError(f"the checkpoint's state of client {c} does not match the method's local tensors; "
+                             "start again with --overwrite")
+    sim.local_state = {c: dict(own) for c, own in ckpt.client_state.items() if c >= 0}
+    sim.local_start = dict(ckpt.client_state.get(-1, {}))
     sim.state = ServerState(round=int(ckpt.meta["server_round"]), adapter=dict(ckpt.server_adapter), pending=dict(ckpt.server_pending))
     sim.rows = [dict(r) for r in ckpt.rows]
     for k, v in ckpt.meta["comm"].items():

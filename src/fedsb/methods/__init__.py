@@ -10,17 +10,21 @@ processes fedsb spawns (``fedsb compare`` workers) by importing the module that 
 from __future__ import annotations
 
 import importlib
+from typing import Any
+
+from pydantic import ValidationError
 
 from fedsb.config import did_you_mean
 from fedsb.errors import UsageError
-from fedsb.methods.base import ClientUpdate, Method, ServerState
+from fedsb.methods.base import ClientUpdate, Method, MethodOptions, ServerState
 from fedsb.methods.fed_sb import FedSB
 from fedsb.methods.fedex_lora import FedExLoRA
 from fedsb.methods.fedit import FedIT
+from fedsb.methods.fedsvd import FedSVD
 from fedsb.methods.ffa_lora import FFALoRA
 from fedsb.methods.flora import FLoRA
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (FedSB, FedIT, FFALoRA, FedExLoRA, FLoRA)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (FedSB, FedIT, FFALoRA, FedExLoRA, FLoRA, FedSVD)}
 _BUILTIN = frozenset(METHODS)
 
 
@@ -61,5 +65,18 @@ def get_method(name: str) -> type[Method]:
                          f"choose one of: {', '.join(METHODS)}") from None
 
 
-__all__ = ["METHODS", "ClientUpdate", "Method", "ServerState", "get_method", "import_plugins", "plugin_modules",
+def method_options(name: str, raw: dict[str, Any] | None) -> MethodOptions:
+    """``[method_options]`` checked against method ``name``'s options; a one-line error names the bad key."""
+    cls = get_method(name)
+    try:
+        return cls.parse_options(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(x) for x in err["loc"]) or "?"
+        known = ", ".join(cls.Options.model_fields) or "none"
+        raise UsageError(f"method_options.{key}: {err['msg']} (method {name!r} takes: {known}); fix or remove it") from None
+
+
+__all__ = ["METHODS", "ClientUpdate", "Method", "MethodOptions", "ServerState", "get_method", "import_plugins",
+           "method_options", "plugin_modules",
            "register_method", "unregister_method"]

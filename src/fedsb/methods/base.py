@@ -17,13 +17,17 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 from fedsb.adapters.layer import AdapterMode
 from fedsb.adapters.model import AdaptedModel
+
+if TYPE_CHECKING:  # the federation is built from methods; a hook only reads it
+    from fedsb.core.federation import Federation
 
 Weighting = Literal["examples", "uniform"]
 BASE_UPDATE_SUFFIXES = (".residual", ".stack_A", ".stack_B")
@@ -79,8 +83,21 @@ def is_base_update(name: str) -> bool:
     return name.endswith(BASE_UPDATE_SUFFIXES)
 
 
+class MethodOptions(BaseModel):
+    """A method's own options, read from the config table ``[method_options]`` (unknown keys are refused)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class Method(ABC):
-    """One federated fine-tuning method. Subclasses set the class attributes and ``aggregate``."""
+    """One federated fine-tuning method. Subclasses set the class attributes and ``aggregate``.
+
+    Besides the payload calls, a method may override hooks that both engines call at the same points:
+    :meth:`begin_round` (server and client: what trains this round), :meth:`prepare_client` (client: just
+    before local training), :meth:`check_upload_names` (server: which names an upload may carry),
+    :meth:`download` (server: what a client that already holds earlier state must be sent) and
+    :meth:`local_names` (client: tensors each client keeps for itself across rounds and never uploads).
+    """
 
     name: ClassVar[str]
     adapter_mode: ClassVar[AdapterMode]
@@ -98,6 +115,10 @@ class Method(ABC):
     plot_style: ClassVar[tuple[str, str]] = ("o", "tab:gray")
     #: Relative run time on the default task, so ``fedsb compare`` starts the longest runs first (measured).
     relative_cost: ClassVar[int] = 1
+    #: The method's options (``[method_options]`` in the config); validated when the federation is assembled.
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    #: Each client keeps a model of its own (``local_names``): evaluation is per client, on its own test share.
+    personalised: ClassVar[bool] = False
 
     # --- what the method knows about itself (used by the accounting, the CLI and the plots) ----------------
     @classmethod
@@ -121,10 +142,22 @@ class Method(ABC):
         """Learning rate of a task head when ``train.head_lr`` is unset. Default: the adapter's."""
         return lr
 
-    def __init__(self, scaling: float, weighting: Weighting = "examples", seed: int = 0) -> None:
+    @classmethod
+    def adapter_kwargs(cls, options: MethodOptions) -> dict[str, Any]:
+        """Extra keyword arguments of :class:`~fedsb.adapters.model.AdaptedModel` (RAVAN: its heads). Default: none."""
+        return {}
+
+    @classmethod
+    def parse_options(cls, raw: dict[str, Any] | None) -> MethodOptions:
+        """``[method_options]`` validated against :attr:`Options` (raises pydantic's ``ValidationError``)."""
+        return cls.Options.model_validate(raw or {})
+
+    def __init__(self, scaling: float, weighting: Weighting = "examples", seed: int = 0,
+                 options: MethodOptions | None = None) -> None:
         self.scaling = float(scaling)
         self.weighting: Weighting = weighting
         self.seed = int(seed)
+        self.options = options if options is not None else self.Options()
 
     # --- which tensors travel -----------------------------------------------------------------------
     def upload_names(self, adapted: AdaptedModel) -> list[str]:
@@ -139,7 +172,28 @@ class Method(ABC):
         """Tensors broadcast once at setup and never again (Fed-SB's B and A)."""
         return []
 
+    def local_names(self, adapted: AdaptedModel) -> list[str]:
+        """Tensors each client keeps for itself across rounds and never uploads (FedSA-LoRA's B). Default: none."""
+        return []
+
     # --- server ---------------------------------------------------------------------------------
+    def init_adapter(self, adapted: AdaptedModel) -> None:
+        """Data-free adapter init on the server when ``gradient_init`` is False (every party can repeat it)."""
+        adapted.init_lora(self.seed)
+
+    def check_upload_names(self, got: set[str], expected: list[str]) -> str | None:
+        """Why an upload carrying ``got`` is malformed (None: it is not). Default: exactly ``expected``."""
+        want = set(expected)
+        if got == want:
+            return None
+        missing, extra = sorted(want - got)[:3], sorted(got - want)[:3]
+        return f"tensor names differ from the expected update (missing {missing}, unexpected {extra})"
+
+    def download(self, broadcast: dict[str, Tensor], held: int, aggregations: int) -> dict[str, Tensor]:
+        """What a client must be sent when it last received the broadcast after ``held`` aggregations (-1: unknown)
+        and the server has made ``aggregations``. Default: the whole broadcast."""
+        return broadcast
+
     def initial_state(self, adapted: AdaptedModel) -> ServerState:
         """The round-0 global state, read from a model whose adapters were initialised by the server."""
         return ServerState(round=0, adapter=adapted.get_state(self.broadcast_names(adapted)))
@@ -155,7 +209,15 @@ class Method(ABC):
     def weights(self, updates: list[ClientUpdate]) -> list[float]:
         return aggregation_weights(updates, self.weighting)
 
+    # --- both sides -------------------------------------------------------------------------------
+    def begin_round(self, adapted: AdaptedModel, aggregations: int) -> None:  # noqa: B027 (optional hook)
+        """Called on the server's model and on each client's, with the server's aggregation count, after the
+        broadcast is loaded and before training or validation: what trains this round. Default: nothing."""
+
     # --- client ---------------------------------------------------------------------------------
+    def prepare_client(self, fed: Federation, client: int, round_idx: int) -> None:  # noqa: B027 (optional hook)
+        """Client side, right before local training (after :meth:`begin_round`). Default: nothing."""
+
     def apply_base_update(self, adapted: AdaptedModel, payload: dict[str, Tensor]) -> None:  # noqa: B027 (optional hook)
         """Fold a broadcast's base-weight increment into the model (once per model copy). Default: none."""
 

@@ -26,6 +26,7 @@ from fedsb.comm.accounting import CommLedger, Size, size_of, to_wire
 from fedsb.config import RunConfig
 from fedsb.core.client import ClientTrainer, train_client
 from fedsb.core.federation import Federation, build_federation, initialise_adapters
+from fedsb.core.personal import personal_columns, test_shares
 from fedsb.core.rounds import BaseVersions, cached, complete_row, gated_rounds, round_row, server_step
 from fedsb.core.summary import run_summary
 from fedsb.core.validation import UpdateValidator
@@ -77,6 +78,11 @@ class Simulator:
         self.init_clipped: list[dict[str, Any]] = []  # init messages the server clipped (row 0's ``clipped``)
         self.stop_reason: str | None = None  # set when the trainer's budget ends the run early
         self.final_round: int | None = None
+        # Tensors each client keeps for itself (FedSA-LoRA's B and head): client -> its latest values; a client
+        # not yet sampled starts from the server's initial values (``local_start``). Checkpointed.
+        self.local_state: dict[int, dict[str, torch.Tensor]] = {}
+        self.local_start: dict[str, torch.Tensor] = {}
+        self._shares: list[list[Any]] | None = None
 
     # --- setup -----------------------------------------------------------------------------------
     def initialise(self) -> ServerState:
@@ -88,11 +94,48 @@ class Simulator:
         one_time_down = fed.adapted.get_state(fed.method.one_time_names(fed.adapted))
         self.one_time = self.comm.record_setup(Size(up["upload_params"], up["upload_bytes"]), one_time_down, len(fed.shards))
         self.state = fed.method.initial_state(fed.adapted)
+        self.local_start = fed.adapted.get_state(fed.method.local_names(fed.adapted))
         return self.state
 
+    @property
+    def personal_eval(self) -> bool:
+        """Evaluate every client's model on its own test share (``eval.personal``; auto: personalised methods)."""
+        mode = self.cfg.eval.personal
+        return mode == "on" or (mode == "auto" and self.fed.method.personalised)
+
+    def load_client(self, client: int, payload: dict[str, torch.Tensor]) -> None:
+        """Put ``client``'s model in the shared model: the broadcast plus the tensors it keeps for itself."""
+        self.fed.method.load_adapter(self.fed.adapted, payload)
+        own = self.local_state.get(client, self.local_start)
+        if own:
+            self.fed.adapted.set_state(own)
+
     def evaluate(self) -> dict[str, float]:
-        fed = self.fed
-        return fed.objective.evaluate(fed.adapted.model, fed.task.test, self.cfg.eval.batch_size)
+        """The server's test metrics. A personalised method has no global model: each client's own model is scored
+        on the common test set (means weighted by its training examples, plus ``_mean`` and ``_min`` over clients)."""
+        fed, bs = self.fed, self.cfg.eval.batch_size
+        if not fed.method.personalised:
+            out = fed.objective.evaluate(fed.adapted.model, fed.task.test, bs)
+            if self.personal_eval:
+                shares = self.test_shares()
+                out.update(personal_columns([(len(sh), fed.objective.evaluate(fed.adapted.model, sh, bs)) for sh in shares]))
+            return out
+        assert self.state is not None
+        payload = to_wire(fed.method.broadcast(self.state), self.comm.wire_dtype)
+        common, own = [], []
+        for c, share in enumerate(self.test_shares()):
+            self.load_client(c, payload)
+            common.append((len(fed.shards[c]), fed.objective.evaluate(fed.adapted.model, fed.task.test, bs)))
+            own.append((len(share), fed.objective.evaluate(fed.adapted.model, share, bs)))
+        self.fed.method.load_adapter(fed.adapted, payload)
+        self.fed.adapted.set_state(self.local_start)
+        out = {k: v for k, v in personal_columns(common, prefix="").items() if not k.endswith("_mean")}
+        return {**out, **personal_columns(own)}
+
+    def test_shares(self) -> list[list[Any]]:
+        if self._shares is None:
+            self._shares = test_shares(self.fed.task.test, self.fed.shards, self.cfg.seed)
+        return self._shares
 
     # --- one round ---------------------------------------------------------------------------------
     def run_round(self, round_idx: int, payload: dict[str, torch.Tensor], bar: tqdm | None = None) -> dict[str, Any]:
@@ -103,12 +146,17 @@ class Simulator:
         sched_offset = (round_idx - 1) * max(fed.local_steps(c) for c in range(len(fed.shards)))
         aggregations = self.state.round
         residual = cached(fed.adapted.residual_state)  # the base every client must hold this round
-        downs = [self.versions.download(c, payload, aggregations, residual) for c in sampled]
+        downs = [self.versions.download(c, payload, aggregations, residual, method) for c in sampled]
         updates: list[ClientUpdate] = []
+        local = method.local_names(fed.adapted)
         for c in sampled:
-            method.load_adapter(fed.adapted, payload)
+            self.load_client(c, payload)
+            method.begin_round(fed.adapted, aggregations)
             with client_rng(fed.cfg.seed, round_idx, c, fed.device):  # dropout: a function of (seed, round, client)
+                method.prepare_client(fed, c, round_idx)
                 metrics = self.trainer(fed, c, round_idx, sched_offset)
+            if local:
+                self.local_state[c] = fed.adapted.get_state(local)
             up = to_wire(method.client_update(fed.adapted), self.comm.wire_dtype)
             updates.append(ClientUpdate(str(c), up, len(fed.shards[c]), metrics))
             if bar is not None:
@@ -135,6 +183,7 @@ class Simulator:
             self.initialise()
             assert self.state is not None  # initialise() set it
             fed.method.load_adapter(fed.adapted, fed.method.broadcast(self.state))
+            fed.method.begin_round(fed.adapted, self.state.round)
             row0 = {"round": 0, **self.evaluate(), **self.trainer.round_report(0), "clipped": self.init_clipped,
                     "seconds": round(self.init_seconds, 3)}
             self.rows.append(row0)

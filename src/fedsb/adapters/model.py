@@ -1,19 +1,21 @@
 """Inject adapters into any Hugging Face model and read/write their state under strict names.
 
 State names follow PEFT's layout: ``<module>.lora_A.weight`` (r x d_in), ``<module>.lora_B.weight``
-(d_out x r), plus ``<module>.lora_R.weight`` (r x r) for LoRA-SB, and ``<head>.<param>`` for a trainable
-task head (``modules_to_save`` in PEFT's terms).
+(d_out x r), plus ``<module>.lora_R.weight`` (r x r) for LoRA-SB, ``<module>.lora_H.<i>.weight`` (r_h x r_h) and
+``<module>.lora_s.<i>.weight`` (1) for RAVAN's head i, and ``<head>.<param>`` for a trainable task head
+(``modules_to_save`` in PEFT's terms).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
-from fedsb.adapters.layer import AdapterLayer, AdapterMode, lora_a_init
+from fedsb.adapters.layer import AdapterLayer, AdapterMode, BasisInit, lora_a_init, ravan_bases
 from fedsb.errors import UsageError
 
 
@@ -27,7 +29,11 @@ def linear_module_names(model: nn.Module) -> list[str]:
 
 
 class AdaptedModel(nn.Module):
-    """A Hugging Face model whose target linear layers carry adapters; only adapters and head train."""
+    """A Hugging Face model whose target linear layers carry adapters; only adapters and head train.
+
+    RAVAN (``mode = "ravan"``): ``rank`` is the total ``heads * r_h`` of the stacked bases; ``trainable_scale``
+    False keeps every ``s_i`` at 1 (the paper's constant-scale variant).
+    """
 
     def __init__(
         self,
@@ -37,11 +43,19 @@ class AdaptedModel(nn.Module):
         rank: int,
         alpha: float | None = None,
         head: Iterable[str] = (),
+        heads: int = 1,
+        trainable_scale: bool = True,
     ) -> None:
         super().__init__()
+        if mode == "ravan" and (heads < 1 or rank < heads or rank % heads):
+            raise UsageError(f"RAVAN's total rank {rank} is not a positive multiple of heads = {heads}; "
+                             f"set a rank divisible by {heads} or change the number of heads")
+        if mode != "ravan" and heads != 1:
+            raise UsageError(f"heads = {heads} is a RAVAN option; adapter mode {mode!r} has one adapter per layer")
         self.model = model
         self.mode: AdapterMode = mode
         self.rank = rank
+        self.heads = heads
         self.alpha = float(alpha if alpha is not None else rank)
         self.targets = list(targets)
         for p in model.parameters():
@@ -61,9 +75,12 @@ class AdaptedModel(nn.Module):
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             try:
-                layer = AdapterLayer(module, mode, rank, self.alpha)
+                layer = AdapterLayer(module, mode, rank, self.alpha, heads)
             except ValueError as e:
                 raise UsageError(f"cannot adapt {name}: {e}; lower adapter.rank") from None
+            if not trainable_scale:
+                layer.train_scale = False
+                layer.set_trainable(True)
             setattr(parent, child, layer)
             self.layers[name] = layer
         self.head_modules: dict[str, nn.Module] = {}
@@ -152,6 +169,57 @@ class AdaptedModel(nn.Module):
                 g = torch.Generator().manual_seed(seed * 100_003 + i)
                 layer.lora_A.weight.copy_(lora_a_init(layer.d_in, layer.rank, g))
                 layer.lora_B.weight.zero_()
+
+    def init_ravan(self, seed: int, init: BasisInit = "gram-schmidt") -> list[str]:
+        """RAVAN's data-free init from a shared seed: frozen bases per layer (generator seeded by the seed and the
+        layer's index, so every party draws the same bits), ``H_i = 0``, ``s_i = 1``.
+
+        Returns the layers whose Gram-Schmidt bases did not fit (``heads * r_h > min(d_in, d_out)``) and fell
+        back to scaled normal ones (with a warning).
+        """
+        fallback = []
+        with torch.no_grad():
+            for i, (name, layer) in enumerate(self.layers.items()):
+                if layer.lora_H is None:
+                    raise ValueError(f"init_ravan needs adapter mode 'ravan', not {layer.mode!r}")
+                g = torch.Generator().manual_seed(seed * 100_003 + i)
+                b, a, used = ravan_bases(layer.d_out, layer.d_in, layer.rank, init, g)
+                if used != init:
+                    fallback.append(name)
+                dev = layer.lora_A.weight.device
+                layer.lora_B.weight.copy_(b.to(dev))
+                layer.lora_A.weight.copy_(a.to(dev))
+                for h in layer.lora_H:
+                    h.weight.zero_()
+                layer.reset_scales()
+        if fallback:
+            warnings.warn(
+                f"RAVAN: heads x r_h = {self.rank} exceeds min(d_in, d_out) in {len(fallback)} layer(s) (e.g. {fallback[0]}); "
+                "their bases are scaled random normal instead of Gram-Schmidt (lower adapter.rank to keep them orthonormal)",
+                UserWarning, stacklevel=2,
+            )
+        return fallback
+
+    @property
+    def active_heads(self) -> tuple[int, ...]:
+        """RAVAN: the heads that train (and are uploaded) now; the same in every layer."""
+        first = next(iter(self.layers.values()))
+        return first.active_heads
+
+    def set_active_heads(self, indices: Iterable[int]) -> None:
+        """RAVAN: train only these head indices, in every layer (the others stay frozen)."""
+        idx = list(indices)
+        for layer in self.layers.values():
+            layer.set_active_heads(idx)
+
+    def reset_head_scales(self) -> None:
+        """RAVAN: ``s_i = 1`` in every layer."""
+        for layer in self.layers.values():
+            layer.reset_scales()
+
+    def head_param_names(self, head: int) -> list[str]:
+        """RAVAN: the state names of head ``head``'s ``H_i`` in every layer."""
+        return [f"{n}.lora_H.{head}.weight" for n in self.layers]
 
     def set_adapters_enabled(self, on: bool) -> None:
         for layer in self.layers.values():

@@ -2,8 +2,8 @@
 
 Each step draws a Poisson batch (every local example joins independently with probability
 ``q = batch_size / N_client``), Opacus' :class:`~opacus.GradSampleModule` computes per-example gradients
-of the trainable tensors only (the adapters are plain ``nn.Linear`` so its built-in samplers apply; frozen
-base layers get no hooks), and :class:`~opacus.optimizers.DPOptimizer` clips each example's gradient to
+of the trainable tensors only (the adapters are plain ``nn.Linear`` so its built-in samplers apply, RAVAN's
+scalar ``s_i`` has its own in :mod:`fedsb.privacy.grad_samplers`; frozen base layers get no hooks), and :class:`~opacus.optimizers.DPOptimizer` clips each example's gradient to
 ``max_grad_norm``, adds Gaussian noise of std ``noise_multiplier * max_grad_norm`` and divides by the
 expected batch size before the wrapped AdamW step. The loss is the objective's ``dp_loss`` (mean over
 examples of per-example losses) with ``loss_reduction="mean"`` throughout, so each per-sample gradient is
@@ -27,6 +27,7 @@ from torch import nn
 from fedsb.adapters.model import AdaptedModel
 from fedsb.core.training import Schedule
 from fedsb.objectives.base import Objective
+from fedsb.privacy import grad_samplers  # noqa: F401 (registers the samplers of fedsb's own adapter modules)
 from fedsb.privacy.noise import generator_on
 from fedsb.tasks.base import Example
 

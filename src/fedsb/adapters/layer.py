@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -142,9 +142,8 @@ class AdapterLayer(nn.Module):
             self.lora_B.weight.zero_()
             if self.lora_R is not None:
                 self.lora_R.weight.zero_()
-            if self.lora_H is not None:
-                for h in self.lora_H:
-                    h.weight.zero_()  # H_i = 0: the model starts at W0 (the bases must not be 0)
+            for h, _ in self.ravan_heads():
+                h.weight.zero_()  # H_i = 0: the model starts at W0 (the bases must not be 0)
         self.set_trainable(True)
 
     # --- parameters -------------------------------------------------------------------------------
@@ -180,17 +179,23 @@ class AdapterLayer(nn.Module):
         self.active_heads = active
         self.set_trainable(True)
 
+    def ravan_heads(self) -> list[tuple[nn.Linear, HeadScale]]:
+        """RAVAN: ``(H_i, s_i)`` modules of every head (empty for the other modes)."""
+        if self.lora_H is None or self.lora_s is None:
+            return []
+        return [(cast(nn.Linear, h), cast(HeadScale, s)) for h, s in zip(self.lora_H, self.lora_s, strict=True)]
+
     def reset_scales(self) -> None:
         """RAVAN: ``s_i = 1`` for every head (done at every round start: the upload carried ``s_i H_i``)."""
-        if self.lora_s is not None:
-            with torch.no_grad():
-                for s in self.lora_s:
-                    s.weight.fill_(1.0)
+        with torch.no_grad():
+            for _, s in self.ravan_heads():
+                s.weight.fill_(1.0)
 
     def head_products(self, heads: Iterable[int]) -> dict[int, Tensor]:
         """RAVAN: ``s_i H_i`` (r_h x r_h, float32) of the given heads: what a client uploads."""
-        assert self.lora_H is not None and self.lora_s is not None, "head_products needs adapter mode 'ravan'"
-        return {i: self.lora_s[i].weight * self.lora_H[i].weight for i in heads}
+        pairs = self.ravan_heads()
+        assert pairs, "head_products needs adapter mode 'ravan'"
+        return {i: pairs[i][1].weight * pairs[i][0].weight for i in heads}
 
     def set_trainable(self, on: bool) -> None:
         trainable = set(self.trainable_names()) if on else set()

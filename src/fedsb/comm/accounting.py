@@ -58,7 +58,7 @@ def _method(name: str) -> type[Method]:
 
 def round_params(method: str, r: int, layers: Iterable[LayerDims], k: int, head_params: int = 0) -> tuple[int, int]:
     """(upload, download) parameters per client per round for a whole model."""
-    up = down = head_params
+    up = down = head_params if _method(method).head_travels else 0
     for d in layers:
         u, dn = layer_round_params(method, r, d.d_out, d.d_in, k)
         up += u

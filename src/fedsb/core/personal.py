@@ -58,3 +58,11 @@ def personal_columns(results: list[tuple[int, dict[str, float]]], prefix: str = 
         if key == "accuracy":
             cols[f"{prefix}{key}_min"] = min(v for _, v in vals)
     return cols
+
+
+def personalised_metrics(common: list[tuple[int, dict[str, float]]], own: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
+    """A personalised method's row: each client's own model on the common test set (``common``: weighted by the
+    client's training examples; ``<m>`` and, for accuracy, the worst client ``_min``) and on its own test
+    share (``own``: :func:`personal_columns`)."""
+    out = {k: v for k, v in personal_columns(common, prefix="").items() if not k.endswith("_mean")}
+    return {**out, **personal_columns(own)}

@@ -35,14 +35,17 @@ from torch import Tensor
 from fedsb.config import RunConfig, from_dict, validate
 from fedsb.core.client import ClientTrainer, train_client
 from fedsb.core.federation import Federation, build_federation, client_init_message, scheduled_clients
+from fedsb.core.personal import test_shares
 from fedsb.devices import client_rng
 from fedsb.errors import FedsbError
 from fedsb.flower.records import array_record, dumps, from_record, record_int, to_record
 from fedsb.flower.secagg import LEGACY_PARAMS, secagg_train, selective_secaggplus_mod
-from fedsb.methods.base import is_base_update
+from fedsb.methods.base import Method, is_base_update
 
 STATE_META, STATE_ONETIME, STATE_RESIDUAL, STATE_TRAINER = "fedsb", "fedsb.onetime", "fedsb.residual", "fedsb.trainer"
 STATE_BASE = "fedsb.base"  # how many server aggregations' base increments the node holds
+STATE_GLOBAL = "fedsb.global"  # the last broadcast adapter, where the method sends only what changed (RoLoRA)
+STATE_LOCAL = "fedsb.local"  # the tensors this node keeps for itself (FedSA-LoRA's B and head)
 
 _TRAINER: ClientTrainer = train_client
 _CACHE: dict[str, tuple[Federation, dict[str, Tensor]]] = {}
@@ -119,7 +122,7 @@ def federation_for(cfg: RunConfig) -> tuple[Federation, dict[str, Tensor]]:
         torch.set_num_threads(cfg.train.threads or 1)
         fed = build_federation(cfg)
         if not fed.method.gradient_init:
-            fed.adapted.init_lora(cfg.seed)  # the server's seeded init: FFA's frozen A is never sent
+            fed.method.init_adapter(fed.adapted)  # the server's seeded init: FFA's frozen A is never sent
         _CACHE.clear()  # one model per process at a time
         _DP.clear()
         if cfg.dp.mode != "off":
@@ -255,8 +258,29 @@ def receive_base(node: Node, context: Context, content: RecordDict, payload: dic
         context.state[STATE_BASE] = ConfigRecord({"aggregations": held})
 
 
+def full_broadcast(node: Node, context: Context, payload: dict[str, Tensor], keep: bool) -> dict[str, Tensor]:
+    """The whole broadcast: where the method sends only what changed since this node's last message
+    (:meth:`~fedsb.methods.base.Method.download`), the rest is the node's copy of the previous one."""
+    method = node.fed.method
+    if type(method).download is Method.download:
+        return payload
+    st = context.state.array_records
+    held = from_record(st[STATE_GLOBAL]) if STATE_GLOBAL in st else {}
+    full = {**held, **payload}
+    if keep:
+        context.state[STATE_GLOBAL] = to_record({k: v for k, v in full.items() if not is_base_update(k)}, "float32")
+    return full
+
+
+def load_local(node: Node, context: Context) -> None:
+    """Put back the tensors this node keeps for itself (none before its first round: it starts from the server's)."""
+    if STATE_LOCAL in context.state.array_records and node.fed.method.local_names(node.fed.adapted):
+        own = from_record(context.state.array_records[STATE_LOCAL], shapes=node.fed.adapted.shapes(), what="node state")
+        node.fed.adapted.set_state(own)
+
+
 def local_round(node: Node, context: Context, payload: dict[str, Tensor], base_applied: bool, rnd: int,
-                step_offset: int) -> tuple[dict[str, Tensor], dict[str, float]]:
+                step_offset: int, aggregations: int = 0) -> tuple[dict[str, Tensor], dict[str, float]]:
     """Receive a broadcast and train: the same calls as ``Simulator.run_round`` makes for one client.
 
     Under DP the node first checks the round against its own schedule and accountant and raises
@@ -272,23 +296,35 @@ def local_round(node: Node, context: Context, payload: dict[str, Tensor], base_a
     else:
         method.receive(fed.adapted, payload)
     save_residual(node, context)
+    load_local(node, context)
+    method.begin_round(fed.adapted, aggregations)
     # Dropout draws from the global RNG: seeded per (seed, round, partition), as the simulator does per client.
     rng = client_rng(node.cfg.seed, rnd, node.partition, fed.device)
     if dp is not None:  # DP trainer: accountant loaded from and saved to Context.state around the round
         with rng:
+            method.prepare_client(fed, node.client, rnd)
             metrics = dp(fed, node.client, rnd, step_offset)
         if dp.mode == "client":  # sample-level DP charges its steps inside; here the server's release of this round
             dp.charge_node_round(node.client)
         save_dp(dp, context)
+        save_local(node, context)
         return method.client_update(fed.adapted), {**metrics, **dp_report(node, dp)}
     load_fn, state_fn = getattr(_TRAINER, "load_state_dict", None), getattr(_TRAINER, "state_dict", None)
     if callable(load_fn) and STATE_TRAINER in context.state.config_records:
         load_fn(json.loads(str(context.state.config_records[STATE_TRAINER]["json"])))
     with rng:
+        method.prepare_client(fed, node.client, rnd)
         metrics = _TRAINER(fed, node.client, rnd, step_offset)
     if callable(state_fn):
         context.state[STATE_TRAINER] = ConfigRecord({"json": json.dumps(state_fn())})
+    save_local(node, context)
     return method.client_update(fed.adapted), metrics
+
+
+def save_local(node: Node, context: Context) -> None:
+    names = node.fed.method.local_names(node.fed.adapted)
+    if names:
+        context.state[STATE_LOCAL] = to_record(node.fed.adapted.get_state(names), "float32")
 
 
 def node_refusal(node: Node, context: Context, rnd: int) -> str | None:
@@ -313,7 +349,7 @@ app = ClientApp(mods=[selective_secaggplus_mod])
 @app.query("setup")
 def setup(msg: Message, context: Context) -> Message:
     c = msg.content["config"]
-    for key in (STATE_ONETIME, STATE_RESIDUAL):
+    for key in (STATE_ONETIME, STATE_RESIDUAL, STATE_GLOBAL):  # a node's own tensors (STATE_LOCAL) outlive a setup
         if key in context.state.array_records:
             del context.state.array_records[key]
     if STATE_BASE in context.state.config_records:  # a set-up node holds no base increment
@@ -374,9 +410,11 @@ def train(msg: Message, context: Context) -> Message:
     why = node_refusal(node, context, record_int(c, "server-round", "train config"))
     if why:  # before anything changes; an error reply, which the server records as a rejected update
         return refusal_reply(msg, why)
-    receive_base(node, context, msg.content, payload, record_int(c, "base-round", "train config"), keep=True)
+    aggregations = record_int(c, "base-round", "train config")
+    receive_base(node, context, msg.content, payload, aggregations, keep=True)
+    payload = full_broadcast(node, context, payload, keep=True)
     upload, metrics = local_round(node, context, payload, True, record_int(c, "server-round", "train config"),
-                                  record_int(c, "step-offset", "train config"))
+                                  record_int(c, "step-offset", "train config"), aggregations)
     reply = RecordDict({
         "arrays": to_record(upload, node.wire),
         "metrics": MetricRecord({**scalar_metrics(metrics), "num-examples": len(node.fed.shards[node.client]),
@@ -395,8 +433,19 @@ def evaluate(msg: Message, context: Context) -> Message:
     # The server's base for this evaluation, not saved: the next train message brings what the node needs.
     receive_base(node, context, msg.content, payload, record_int(msg.content["config"], "base-round", "evaluate config"),
                  keep=False)
-    node.fed.method.load_adapter(node.fed.adapted, payload)
-    fed = node.fed
-    metrics = fed.objective.evaluate(fed.adapted.model, fed.task.test, node.cfg.eval.batch_size)
-    return Message(content=RecordDict({"metrics": MetricRecord({**scalar_metrics(metrics), "num-examples": len(fed.task.test)})}),
-                   reply_to=msg)
+    fed, bs = node.fed, node.cfg.eval.batch_size
+    fed.method.load_adapter(fed.adapted, full_broadcast(node, context, payload, keep=False))
+    if not fed.method.personalised:
+        metrics = fed.objective.evaluate(fed.adapted.model, fed.task.test, bs)
+        return Message(content=RecordDict({"metrics": MetricRecord({**scalar_metrics(metrics), "num-examples": len(fed.task.test)})}),
+                       reply_to=msg)
+    # A personalised method: this node's own model, on the common test set and on its own test share (the
+    # simulator's Simulator.evaluate, per client); in deployment the node's test split is its own share.
+    load_local(node, context)
+    share = fed.task.test if node.client == 0 and len(fed.shards) == 1 else \
+        test_shares(fed.task.test, fed.shards, node.cfg.seed)[node.client]
+    common = scalar_metrics(fed.objective.evaluate(fed.adapted.model, fed.task.test, bs))
+    own = scalar_metrics(fed.objective.evaluate(fed.adapted.model, share, bs)) if share else {}
+    out: dict[str, int | float | list[int] | list[float]] = {**{f"common-{k}": v for k, v in common.items()}, **{f"own-{k}": v for k, v in own.items()},
+           "own-examples": len(share), "train-examples": len(fed.shards[node.client]), "num-examples": len(fed.task.test)}
+    return Message(content=RecordDict({"metrics": MetricRecord(out)}), reply_to=msg)

@@ -34,8 +34,10 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsb.comm.accounting import ClientDownload, CommLedger, Size, size_of, to_wire
 from fedsb.config import RunConfig
+from fedsb.core import rounds as _rounds
 from fedsb.core.client import ClientTrainer, train_client
 from fedsb.core.federation import Federation, build_federation, initialise_adapters
+from fedsb.core.personal import personal_columns, personalised_metrics, test_shares
 from fedsb.core.rounds import BaseVersions, cached, complete_row, gated_rounds, round_row, server_step
 from fedsb.core.summary import run_summary
 from fedsb.core.validation import UpdateValidator
@@ -107,6 +109,7 @@ class FedsbStrategy(Strategy):
         # Over Flower the nodes keep their own tensors (FedSA-LoRA's B) in their Context.state; the server holds none.
         self.local_state: dict[int, dict[str, torch.Tensor]] = {}
         self.local_start: dict[str, torch.Tensor] = {}
+        self.personal_replies: tuple[list[tuple[int, dict[str, float]]], list[tuple[int, dict[str, float]]]] | None = None
         if self.options.secagg and not self.method.additive:
             raise FedsbError(
                 f"flower.secagg: {self.method.name} cannot use secure aggregation, because its server needs each "
@@ -198,6 +201,7 @@ class FedsbStrategy(Strategy):
         self.state = fed.method.initial_state(fed.adapted)
         self.sync(grid, next_round=1)
         fed.method.load_adapter(fed.adapted, fed.method.broadcast(self.state))
+        fed.method.begin_round(fed.adapted, self.state.round)
         self.payload = to_wire(fed.method.broadcast(self.state), self.options.wire_dtype)
         wire = summarise(grid.take("setup") + grid.take("sync"))
         row0 = {"round": 0, **self.evaluate(), **self.trainer.round_report(0), "clipped": up["clipped"],
@@ -228,8 +232,21 @@ class FedsbStrategy(Strategy):
         return out
 
     def evaluate(self) -> dict[str, float]:
-        fed = self.fed
-        return fed.objective.evaluate(fed.adapted.model, fed.task.test, self.cfg.eval.batch_size)
+        """The server's test metrics; for a personalised method, the nodes' evaluation of their own models (before
+        the first round every node holds the server's model, which the server scores on each test share)."""
+        fed, bs = self.fed, self.cfg.eval.batch_size
+        if fed.method.personalised and self.personal_replies is not None:
+            common, own = self.personal_replies
+            self.personal_replies = None
+            return personalised_metrics(common, own)
+        out = fed.objective.evaluate(fed.adapted.model, fed.task.test, bs)
+        if fed.method.personalised or self.cfg.eval.personal == "on":
+            shares = test_shares(fed.task.test, fed.shards, self.cfg.seed)
+            own = [(len(sh), fed.objective.evaluate(fed.adapted.model, sh, bs)) for sh in shares]
+            if fed.method.personalised:
+                return personalised_metrics([(len(s), out) for s in fed.shards], own)
+            out.update(personal_columns(own))
+        return out
 
     # --- Flower Strategy interface ------------------------------------------------------------------
     def step_offset(self, round_idx: int) -> int:
@@ -343,7 +360,7 @@ class FedsbStrategy(Strategy):
 
         Each node is brought to the server's base for the evaluation as for training (the pending increment or
         the absolute residual), without keeping it: the next train message still brings what it needs."""
-        if not self.options.client_eval:
+        if not self.client_eval(server_round):
             return []
         assert self.state is not None
         msgs, downs = [], []
@@ -354,12 +371,27 @@ class FedsbStrategy(Strategy):
         self.comm.record_evaluate(downs)
         return msgs
 
+    def client_eval(self, server_round: int) -> bool:
+        """Whether round ``server_round`` has a client evaluation: ``flower.client-eval``, and every evaluation
+        round of a personalised method (only the nodes hold their own models)."""
+        return self.options.client_eval or (self.method.personalised and _rounds.is_eval_round(self.cfg, server_round, self.final_round))
+
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         out: dict[str, float] = {}
         total = 0
+        replies = [r for r in replies if not r.has_error()]
+        if self.method.personalised:  # each node's own model: the row's metrics come from these (``evaluate``)
+            common, own = [], []
+            for r in replies:
+                m = r.content["metrics"]
+                vals = {k: float(v) for k, v in m.items() if isinstance(v, (int, float))}
+                common.append((record_int(m, "train-examples", "evaluate reply"),
+                               {k.removeprefix("common-"): v for k, v in vals.items() if k.startswith("common-")}))
+                own.append((record_int(m, "own-examples", "evaluate reply"),
+                            {k.removeprefix("own-"): v for k, v in vals.items() if k.startswith("own-")}))
+            self.personal_replies = (common, own)
+            return None
         for r in replies:
-            if r.has_error():
-                continue
             m = r.content["metrics"]
             n = record_int(m, "num-examples", "evaluate reply")
             total += n
@@ -415,7 +447,7 @@ class FedsbStrategy(Strategy):
                     metered.phase = "train"
                     replies = metered.send_and_receive(self.configure_train(r, None, None, metered), timeout=self.options.timeout)
                     self.aggregate_train(r, replies)
-                if self.options.client_eval:
+                if self.client_eval(r):
                     metered.phase = "evaluate"
                     ev = self.aggregate_evaluate(r, metered.send_and_receive(self.configure_evaluate(r, None, None, metered),
                                                                             timeout=self.options.timeout))

@@ -20,11 +20,14 @@ from fedsb.methods.base import ClientUpdate, Method, MethodOptions, ServerState
 from fedsb.methods.fed_sb import FedSB
 from fedsb.methods.fedex_lora import FedExLoRA
 from fedsb.methods.fedit import FedIT
+from fedsb.methods.fedsa_lora import FedSALoRA
 from fedsb.methods.fedsvd import FedSVD
 from fedsb.methods.ffa_lora import FFALoRA
 from fedsb.methods.flora import FLoRA
+from fedsb.methods.ravan import RAVAN
+from fedsb.methods.rolora import RoLoRA
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (FedSB, FedIT, FFALoRA, FedExLoRA, FLoRA, FedSVD)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (FedSB, FedIT, FFALoRA, FedExLoRA, FLoRA, FedSVD, RoLoRA, FedSALoRA, RAVAN)}
 _BUILTIN = frozenset(METHODS)
 
 

@@ -117,6 +117,8 @@ class Method(ABC):
     relative_cost: ClassVar[int] = 1
     #: The method's options (``[method_options]`` in the config); validated when the federation is assembled.
     Options: ClassVar[type[MethodOptions]] = MethodOptions
+    #: A trainable task head is uploaded and broadcast every round (FedSA-LoRA keeps it on each client).
+    head_travels: ClassVar[bool] = True
     #: Each client keeps a model of its own (``local_names``): evaluation is per client, on its own test share.
     personalised: ClassVar[bool] = False
 

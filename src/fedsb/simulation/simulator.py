@@ -26,7 +26,7 @@ from fedsb.comm.accounting import CommLedger, Size, size_of, to_wire
 from fedsb.config import RunConfig
 from fedsb.core.client import ClientTrainer, train_client
 from fedsb.core.federation import Federation, build_federation, initialise_adapters
-from fedsb.core.personal import personal_columns, test_shares
+from fedsb.core.personal import personal_columns, personalised_metrics, test_shares
 from fedsb.core.rounds import BaseVersions, cached, complete_row, gated_rounds, round_row, server_step
 from fedsb.core.summary import run_summary
 from fedsb.core.validation import UpdateValidator
@@ -129,8 +129,7 @@ class Simulator:
             own.append((len(share), fed.objective.evaluate(fed.adapted.model, share, bs)))
         self.fed.method.load_adapter(fed.adapted, payload)
         self.fed.adapted.set_state(self.local_start)
-        out = {k: v for k, v in personal_columns(common, prefix="").items() if not k.endswith("_mean")}
-        return {**out, **personal_columns(own)}
+        return personalised_metrics(common, own)
 
     def test_shares(self) -> list[list[Any]]:
         if self._shares is None:

@@ -11,6 +11,7 @@ import pytest
 from safetensors.torch import load_file
 
 from fedsb.cli import main
+from fedsb.methods import METHODS
 
 TINY = ["--model", "tiny-bert", "--rounds", "2", "--steps", "2", "--rank", "4", "--train.batch_size", "4",
         "--init.samples", "8", "--task.max_test_examples", "16", "--train.threads", "1", "--no-progress"]
@@ -59,10 +60,12 @@ def test_run_refuses_to_overwrite_and_leaves_the_directory_alone(tmp_path: Path,
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
-def test_methods_lists_the_five(capsys: pytest.CaptureFixture[str]) -> None:
+def test_methods_lists_every_registered_method(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["methods"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split()[0] for line in lines] == ["fed-sb", "fedit", "ffa-lora", "fedex-lora", "flora"]
+    names = [line.split()[0] for line in lines]
+    assert names == list(METHODS)
+    assert names[:5] == ["fed-sb", "fedit", "ffa-lora", "fedex-lora", "flora"] and "fedsvd" in names
 
 
 @pytest.mark.long

@@ -23,6 +23,7 @@ def test_formulas_per_layer() -> None:
     assert layer_round_params("fed-sb", r, d_out, d_in, 5) == (16, 16)
     assert layer_round_params("fedit", r, d_out, d_in, 5) == (64, 64)
     assert layer_round_params("ffa-lora", r, d_out, d_in, 5) == (24, 24)
+    assert layer_round_params("fedsvd", r, d_out, d_in, 5) == (24, 64)  # A travels down with B
     assert layer_round_params("fedex-lora", r, d_out, d_in, 5) == (64, 64 + 60)
     assert layer_round_params("flora", r, d_out, d_in, 5) == (64, 5 * 64)
     assert layer_round_params("flora", r, d_out, d_in, 10)[1] == 2 * layer_round_params("flora", r, d_out, d_in, 5)[1]
@@ -31,7 +32,7 @@ def test_formulas_per_layer() -> None:
 
 
 @pytest.mark.parametrize("clients", [2, 3])
-@pytest.mark.parametrize("method", ["fed-sb", "fedit", "ffa-lora", "fedex-lora", "flora"])
+@pytest.mark.parametrize("method", ["fed-sb", "fedit", "ffa-lora", "fedex-lora", "flora", "fedsvd"])
 def test_measured_payloads_equal_the_formulas(method: str, clients: int) -> None:
     fed = tiny_federation("tiny-bert", method, federation={"clients": clients, "partition": "iid"})
     sim = Simulator(fed.cfg, fed=fed, progress=False)

@@ -1,6 +1,6 @@
 """Exact aggregation: after a round, the global weight update equals the weighted mean of the clients' updates.
 
-For every exact method (fed-sb, ffa-lora, fedex-lora, flora) on tiny random BERT, Llama and GPT-2 (Conv1D)
+For every exact method (fed-sb, ffa-lora, fedex-lora, flora, fedsvd) on tiny random BERT, Llama and GPT-2 (Conv1D)
 models with 3 clients of unequal size, over two rounds (so FedEx/FLoRA residuals from round 1 are in play);
 FedIT is shown to be inexact.
 """
@@ -16,7 +16,7 @@ from fedsb.methods.base import ClientUpdate, aggregation_weights
 from fedsb.simulation.simulator import Simulator
 from tests.helpers import tiny_config, tiny_federation
 
-EXACT = ["fed-sb", "ffa-lora", "fedex-lora", "flora"]
+EXACT = ["fed-sb", "ffa-lora", "fedex-lora", "flora", "fedsvd"]
 
 
 def one_round(sim: Simulator, round_idx: int, payload: dict[str, torch.Tensor]):

@@ -22,7 +22,7 @@ def hook_count(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-@pytest.mark.parametrize("method", ["fed-sb", "ffa-lora", "fedit"])
+@pytest.mark.parametrize("method", ["fed-sb", "ffa-lora", "fedit", "fedsvd"])
 def test_per_sample_grads_match_naive_loop(method: str) -> None:
     """Opacus' grad samples of R (Fed-SB), B (FFA-LoRA), A and B (FedIT) and the head equal per-example backward passes."""
     fed = tiny_federation(method=method)

@@ -189,7 +189,7 @@ class AdaptedModel(nn.Module):
                 dev = layer.lora_A.weight.device
                 layer.lora_B.weight.copy_(b.to(dev))
                 layer.lora_A.weight.copy_(a.to(dev))
-                for h in layer.lora_H:
+                for h, _ in layer.ravan_heads():
                     h.weight.zero_()
                 layer.reset_scales()
         if fallback:

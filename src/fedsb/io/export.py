@@ -1,7 +1,8 @@
 """Export a trained adapter as a standard PEFT LoRA adapter, or as a merged model (safetensors only).
 
 Fed-SB's ``s B R A`` is a rank-r LoRA with ``A' = A``, ``B' = s B R`` and ``lora_alpha = r`` (PEFT
-scaling 1). LoRA/FFA adapters export as they are. Methods that fold residuals into the base weight
+scaling 1). RAVAN's ``sum_i s_i B_i H_i A_i`` is the same with rank ``heads * r_h``, ``A' = [A_1; ...; A_h]`` and
+``B' = B blockdiag(s_i H_i)``. LoRA/FFA adapters export as they are. Methods that fold residuals into the base weight
 (FedEx-LoRA, FLoRA) export the whole update per layer, factorised exactly by an SVD at its numerical
 rank (PEFT ``rank_pattern``); the merged export is exact for every method.
 """
@@ -35,9 +36,9 @@ def lora_factors(adapted: AdaptedModel) -> tuple[dict[str, tuple[Tensor, Tensor]
             b, a = (u[:, :keep] * s[:keep]).float(), vh[:keep].float()
             if keep != layer.rank:
                 ranks[name] = keep
-        elif layer.lora_R is not None:
+        elif (core := layer.core_matrix()) is not None:  # Fed-SB's R, RAVAN's blockdiag(s_i H_i)
             a = layer.lora_A.weight.detach().clone()
-            b = (layer.scaling * layer.lora_B.weight @ layer.lora_R.weight).detach()
+            b = (layer.scaling * layer.lora_B.weight @ core).detach()
         else:
             a = layer.lora_A.weight.detach().clone()
             b = (layer.scaling * layer.lora_B.weight).detach()

@@ -209,7 +209,9 @@ def _execute(sim: Simulator, rundir: RunDir, console: Console, start_round: int,
     try:
         with sigterm_as_interrupt():
             result = sim.run(start_round=start_round)
-            save_final(rundir, result.fed, result.rows, result.summary)
+            own = ({c: sim.local_state.get(c, sim.local_start) for c in range(len(result.fed.shards))}
+                   if result.fed.method.personalised else None)
+            save_final(rundir, result.fed, result.rows, result.summary, clients=own)
     except BaseException as exc:
         fresh = not saved and start_round == 1
         if fresh:

@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from fedsb.tasks.base import Example
 
 
-def test_shares(test: list[Example], shards: list[list[Example]], seed: int) -> list[list[Example]]:
+def client_test_shares(test: list[Example], shards: list[list[Example]], seed: int) -> list[list[Example]]:
     """The test set split over the clients, each share following its client's training label mix."""
     k = len(shards)
     out: list[list[Example]] = [[] for _ in range(k)]

@@ -35,7 +35,7 @@ from torch import Tensor
 from fedsb.config import RunConfig, from_dict, validate
 from fedsb.core.client import ClientTrainer, train_client
 from fedsb.core.federation import Federation, build_federation, client_init_message, scheduled_clients
-from fedsb.core.personal import test_shares
+from fedsb.core.personal import client_test_shares
 from fedsb.devices import client_rng
 from fedsb.errors import FedsbError
 from fedsb.flower.records import array_record, dumps, from_record, record_int, to_record
@@ -443,7 +443,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     # simulator's Simulator.evaluate, per client); in deployment the node's test split is its own share.
     load_local(node, context)
     share = fed.task.test if node.client == 0 and len(fed.shards) == 1 else \
-        test_shares(fed.task.test, fed.shards, node.cfg.seed)[node.client]
+        client_test_shares(fed.task.test, fed.shards, node.cfg.seed)[node.client]
     common = scalar_metrics(fed.objective.evaluate(fed.adapted.model, fed.task.test, bs))
     own = scalar_metrics(fed.objective.evaluate(fed.adapted.model, share, bs)) if share else {}
     out: dict[str, int | float | list[int] | list[float]] = {**{f"common-{k}": v for k, v in common.items()}, **{f"own-{k}": v for k, v in own.items()},

@@ -6,6 +6,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from fedsb.config import RunConfig
 from fedsb.core.federation import Federation
 from fedsb.io.export import export_peft
@@ -19,12 +21,24 @@ def default_out(cfg: RunConfig) -> Path:
     return Path("runs") / f"{cfg.method}-r{cfg.adapter.rank}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def save_final(run: RunDir, fed: Federation, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    """Adapter state (safetensors), the PEFT adapter, the curves plot, ``metrics.jsonl`` and ``summary.json``."""
-    save_tensors(run.path / "adapter_state.safetensors", {**fed.adapted.get_state(), **fed.adapted.residual_state()},
-                 metadata={"method": fed.cfg.method, "rank": str(fed.cfg.adapter.rank)})
+def save_final(run: RunDir, fed: Federation, rows: list[dict[str, Any]], summary: dict[str, Any],
+               clients: dict[int, dict[str, Tensor]] | None = None) -> None:
+    """Adapter state (safetensors), the PEFT adapter, the curves plot, ``metrics.jsonl`` and ``summary.json``.
+
+    ``clients``: for a personalised method (FedSA-LoRA), the tensors each client kept for itself; each client's
+    own model is then also written, as ``adapter_state.client-<i>.safetensors`` and the PEFT adapter ``adapter-client-<i>/``
+    (the plain ``adapter`` holds the shared part with the server's initial local tensors)."""
+    meta = {"method": fed.cfg.method, "rank": str(fed.cfg.adapter.rank)}
+    save_tensors(run.path / "adapter_state.safetensors", {**fed.adapted.get_state(), **fed.adapted.residual_state()}, metadata=meta)
     task_type = "SEQ_CLS" if fed.loaded.kind == "classification" else "CAUSAL_LM"
     export_peft(fed.adapted, run.path / "adapter", fed.loaded.source, task_type)
+    if clients:
+        shared = fed.adapted.get_state()
+        for c, own in sorted(clients.items()):
+            fed.adapted.set_state(own)
+            save_tensors(run.path / f"adapter_state.client-{c}.safetensors", fed.adapted.get_state(), metadata=meta)
+            export_peft(fed.adapted, run.path / f"adapter-client-{c}", fed.loaded.source, task_type)
+        fed.adapted.set_state(shared)
     plot_curves(rows, run.path / "curves.png", f"{fed.cfg.method} r={fed.cfg.adapter.rank} on {fed.task.name}")
     run.write_metrics(rows)
     run.write_summary(summary)

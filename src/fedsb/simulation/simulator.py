@@ -26,7 +26,7 @@ from fedsb.comm.accounting import CommLedger, Size, size_of, to_wire
 from fedsb.config import RunConfig
 from fedsb.core.client import ClientTrainer, train_client
 from fedsb.core.federation import Federation, build_federation, initialise_adapters
-from fedsb.core.personal import personal_columns, personalised_metrics, test_shares
+from fedsb.core.personal import client_test_shares, personal_columns, personalised_metrics
 from fedsb.core.rounds import BaseVersions, cached, complete_row, gated_rounds, round_row, server_step
 from fedsb.core.summary import run_summary
 from fedsb.core.validation import UpdateValidator
@@ -117,13 +117,13 @@ class Simulator:
         if not fed.method.personalised:
             out = fed.objective.evaluate(fed.adapted.model, fed.task.test, bs)
             if self.personal_eval:
-                shares = self.test_shares()
+                shares = self.client_test_shares()
                 out.update(personal_columns([(len(sh), fed.objective.evaluate(fed.adapted.model, sh, bs)) for sh in shares]))
             return out
         assert self.state is not None
         payload = to_wire(fed.method.broadcast(self.state), self.comm.wire_dtype)
         common, own = [], []
-        for c, share in enumerate(self.test_shares()):
+        for c, share in enumerate(self.client_test_shares()):
             self.load_client(c, payload)
             common.append((len(fed.shards[c]), fed.objective.evaluate(fed.adapted.model, fed.task.test, bs)))
             own.append((len(share), fed.objective.evaluate(fed.adapted.model, share, bs)))
@@ -131,9 +131,9 @@ class Simulator:
         self.fed.adapted.set_state(self.local_start)
         return personalised_metrics(common, own)
 
-    def test_shares(self) -> list[list[Any]]:
+    def client_test_shares(self) -> list[list[Any]]:
         if self._shares is None:
-            self._shares = test_shares(self.fed.task.test, self.fed.shards, self.cfg.seed)
+            self._shares = client_test_shares(self.fed.task.test, self.fed.shards, self.cfg.seed)
         return self._shares
 
     # --- one round ---------------------------------------------------------------------------------

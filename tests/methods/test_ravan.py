@@ -271,18 +271,30 @@ def test_s_is_reset_to_one_at_each_round_and_only_products_travel() -> None:
     assert all(float(s.weight.detach()) == 1.0 for _, s in layer.ravan_heads())
 
 
-def test_tiny_run_writes_accuracy_rows(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    args = ["run", "--method", "ravan", "--model", "tiny-bert", "--rounds", "2", "--steps", "2", "--rank", "4",
+TINY_RUN = ["run", "--method", "ravan", "--model", "tiny-bert", "--rounds", "2", "--steps", "2", "--rank", "4",
             "--train.batch_size", "4", "--task.max_test_examples", "16", "--train.threads", "1", "--no-progress",
-            "--method_options.selection", "random", "--method_options.head_fractions", "[0.5, 1.0]", "--out", str(out)]
-    assert main(args) == 0
+            "--method_options.head_fractions", "[0.5, 1.0]"]
+
+
+@pytest.mark.parametrize("dp", [[], ["--dp.mode", "sample", "--dp.epsilon", "3"]])
+def test_tiny_run_writes_accuracy_rows(dp: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main([*TINY_RUN, "--method_options.selection", "random", *dp, "--out", str(out)]) == 0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2] and all(0 <= r["accuracy"] <= 1 for r in rows)
+    if dp:
+        assert 0 < rows[-1]["epsilon"] <= 3.0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "ravan"
-    assert (out / "adapter" / "adapter_config.json").is_file()
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == HEADS * R_H
+
+
+def test_run_with_gradient_scoring_under_dp_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [*TINY_RUN, "--method_options.selection", "gradient", "--dp.mode", "sample", "--dp.epsilon", "3",
+            "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "unnoised private batch" in err and "Traceback" not in err
 
 
 def test_config_path_builds_the_stacked_rank() -> None:

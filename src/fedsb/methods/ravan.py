@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import math
 import random
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Iterator
+from typing import Any, Literal, Protocol
 
 import torch
 from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
 from fedsb.adapters.model import AdaptedModel
+from fedsb.config import RunConfig
 from fedsb.errors import FedsbError, UsageError
 from fedsb.methods.base import ClientUpdate, Method, MethodOptions, ServerState
-
-if TYPE_CHECKING:  # a hook only reads the federation
-    from fedsb.core.federation import Federation
+from fedsb.objectives.base import Objective
 
 _H = ".lora_H."
 
@@ -27,6 +27,16 @@ def head_of(name: str) -> int | None:
     if _H not in name:
         return None
     return int(name.rpartition(_H)[2].partition(".")[0])
+
+
+class ClientSide(Protocol):
+    """What head selection reads of a :class:`fedsb.core.federation.Federation` (methods sit below core)."""
+
+    cfg: RunConfig
+    adapted: AdaptedModel
+    objective: Objective
+
+    def client_batches(self, client: int, round_idx: int) -> Iterator[Any]: ...
 
 
 class RavanOptions(MethodOptions):
@@ -219,7 +229,7 @@ class RAVAN(Method):
         f = fs[client % len(fs)] if fs else 1.0
         return max(1, min(heads, math.ceil(round(f * heads, 9))))
 
-    def prepare_client(self, fed: Federation, client: int, round_idx: int) -> None:
+    def prepare_client(self, fed: ClientSide, client: int, round_idx: int) -> None:
         opts = self.options
         dp_mode = fed.cfg.dp.mode
         if opts.selection == "gradient" and dp_mode != "off":
@@ -244,7 +254,7 @@ class RAVAN(Method):
             scores = self.gradient_scores(fed, client, round_idx)
             adapted.set_active_heads(torch.argsort(scores, descending=True, stable=True)[:k].tolist())
 
-    def gradient_scores(self, fed: Federation, client: int, round_idx: int) -> Tensor:
+    def gradient_scores(self, fed: ClientSide, client: int, round_idx: int) -> Tensor:
         """Per head, ``sum over layers of ||dL/d(s_i H_i)||_F`` on the first mini-batch of the client's round
         (dropout off, every head differentiated; nothing is changed)."""
         adapted = fed.adapted

@@ -103,3 +103,42 @@ def test_split_args() -> None:
     assert config == "my.toml" and flags == {"--overwrite"}
     assert spec.variants() == [("fedit", 8), ("flora", 8)]
     assert over == [("rounds", "3")]
+
+
+def test_tune_lr_scores_on_validation_never_test_and_uses_the_best(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fedsb.cli.compare as cmp
+
+    seen: list[tuple[str, float | None, bool, str]] = []
+    real = cmp.SharedModel.run
+
+    def spy(self, method, rank, seed, path, lr=None, validation=False):
+        r = real(self, method, rank, seed, path, lr, validation)
+        seen.append((method, lr, validation, self.task(seed, validation).name))
+        return r
+
+    monkeypatch.setattr(cmp.SharedModel, "run", spy)
+    cfg = tiny_config(out=str(tmp_path / "t"), federation={"rounds": 1})
+    spec = CompareSpec(methods=["fedit", "fedsa-lora"], lora_rank=4, seeds=1, workers=1, tune_lr=[0.1, 1.0, 10.0])
+    rows = compare(cfg, spec, progress=False)
+    tuning = json.loads((tmp_path / "t" / "tuning.json").read_text())
+    tuned = [s for s in seen if s[2]]
+    assert len(tuned) == 6 and all("[validation]" in s[3] for s in tuned)
+    assert all("[validation]" not in s[3] and not s[2] for s in seen[6:])
+    for row in rows:
+        trials = tuning["trials"][f"{row['method']} r={row['rank']}"]
+        best = max(trials, key=lambda t: t[2])
+        assert row["lr"] == pytest.approx(tuning["chosen"][f"{row['method']} r={row['rank']}"])
+        assert [t[2] for t in trials if t[0] == pytest.approx(row["lr"])][0] == pytest.approx(best[2])
+    assert (tmp_path / "t" / "tuning.md").read_text().count("|") > 10
+    personal = next(r for r in rows if r["method"] == "fedsa-lora")
+    assert personal["personalised"] and personal["own_share_accuracy_mean"] is not None
+    assert "fedsa-lora (personal)" in (tmp_path / "t" / "compare.md").read_text()
+
+
+def test_methods_all_and_tune_lr_arguments() -> None:
+    from fedsb.methods import METHODS
+
+    _, _, spec, _ = split_compare_args(["--methods", "all", "--tune-lr", "3,0.3,1"])
+    assert spec.methods == list(METHODS) and spec.tune_lr == [0.3, 1.0, 3.0]
+    with pytest.raises(UsageError, match="positive multipliers"):
+        split_compare_args(["--tune-lr", "0,1"])

@@ -18,6 +18,7 @@ import copy
 import csv
 import difflib
 import io
+import math
 import multiprocessing as mp
 import os
 import queue
@@ -48,7 +49,7 @@ from fedsb.tasks import load_task
 from fedsb.tasks.base import TaskData
 
 COMPARE_FLAGS = ("--overwrite", "--no-progress", "--debug")
-COMPARE_KEYS = ("methods", "fedsb-ranks", "lora-rank", "seeds", "workers")
+COMPARE_KEYS = ("methods", "fedsb-ranks", "lora-rank", "seeds", "workers", "tune-lr")
 DEFAULT_METHODS = tuple(METHODS)
 DEFAULT_FEDSB_RANKS = (4, 8, 16)
 DEFAULT_LORA_RANK = 8
@@ -66,6 +67,9 @@ class CompareSpec:
     lora_rank: int = DEFAULT_LORA_RANK
     seeds: int = DEFAULT_SEEDS
     workers: int | None = None  # None = one per core (at most 4)
+    #: Learning-rate multipliers of each method's default to try on a validation slice of the training data
+    #: (``task.evaluate_on = validation``, first seed) before the runs; the best one is used. Empty = defaults.
+    tune_lr: list[float] = field(default_factory=list)
 
     def variants(self) -> list[tuple[str, int]]:
         """(method, rank) pairs in table order."""
@@ -89,6 +93,8 @@ def parse_spec(values: dict[str, str]) -> CompareSpec:
     spec = CompareSpec()
     if "methods" in values:
         methods = [m.strip() for m in values["methods"].split(",") if m.strip()]
+        if methods == ["all"]:
+            methods = list(METHODS)
         for m in methods:
             if m not in METHODS:
                 close = difflib.get_close_matches(m, list(METHODS), n=1)
@@ -109,6 +115,15 @@ def parse_spec(values: dict[str, str]) -> CompareSpec:
         if len(seeds) != 1:
             raise UsageError(f"--seeds takes a number of seeds, e.g. --seeds 3; got {values['seeds']!r}")
         spec.seeds = seeds[0]
+    if "tune-lr" in values:
+        try:
+            factors = sorted({float(v) for v in values["tune-lr"].split(",") if v.strip()})
+        except ValueError:
+            raise UsageError(f"--tune-lr takes comma-separated multipliers of each method's default rate, e.g. --tune-lr 0.3,1,3; "
+                             f"got {values['tune-lr']!r}") from None
+        if not factors or any(not 0 < f < 1e3 for f in factors):
+            raise UsageError(f"--tune-lr needs positive multipliers, e.g. --tune-lr 0.3,1,3; got {values['tune-lr']!r}")
+        spec.tune_lr = factors
     if "workers" in values:
         workers = _int_list("workers", values["workers"])
         if len(workers) != 1:
@@ -175,29 +190,36 @@ class SharedModel:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.kind = model_kind(cfg)
-        self.tasks: dict[int, TaskData] = {}
+        self.tasks: dict[tuple[int, bool], TaskData] = {}
         task = self.task(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.loaded = load_model(cfg.model.name, self.kind, max(2, len(task.labels)), cfg.model.dtype, cfg.seed)
         self.std = float(getattr(self.loaded.model.config, "initializer_range", 0.02) or 0.02)
         self.pristine: dict[str, torch.Tensor] | None = None
 
-    def task(self, seed: int) -> TaskData:
-        """The task split of ``seed`` (the held-out split is drawn from the seed, as in ``fedsb run``)."""
-        if seed not in self.tasks:
-            self.tasks = {}  # one seed at a time: runs are ordered seed-major
-            task = load_task(self.cfg.task, self.kind, seed)
+    def task(self, seed: int, validation: bool = False) -> TaskData:
+        """The task split of ``seed`` (the held-out split is drawn from the seed, as in ``fedsb run``); with
+        ``validation``, scored on a slice of the training pool instead (learning-rate tuning)."""
+        if (seed, validation) not in self.tasks:
+            self.tasks = {}  # one split at a time: runs are ordered seed-major
+            task_cfg = self.cfg.task.model_copy(update={"evaluate_on": "validation" if validation else "test"})
+            task = load_task(task_cfg, self.kind, seed)
             if not task.train or not task.test:
                 raise FedsbError(f"task {task.name!r} has {len(task.train)} training and {len(task.test)} test examples; "
                                  "both must be > 0")
-            self.tasks[seed] = task
-        return self.tasks[seed]
+            self.tasks[(seed, validation)] = task
+        return self.tasks[(seed, validation)]
 
-    def run(self, method: str, rank: int, seed: int, run_path: Path) -> RunResult:
+    def run(self, method: str, rank: int, seed: int, run_path: Path, lr: float | None = None,
+            validation: bool = False) -> RunResult:
         cfg = copy.deepcopy(self.cfg)
         cfg.method, cfg.adapter.rank, cfg.seed, cfg.out = method, rank, seed, str(run_path)
+        if lr is not None:
+            cfg.train.lr = lr
+        if validation:
+            cfg.task.evaluate_on = "validation"
         run_dir = RunDir.create(run_path, overwrite=True)
-        fed = assemble_federation(cfg, self.loaded, self.task(seed))
+        fed = assemble_federation(cfg, self.loaded, self.task(seed, validation))
         try:
             if self.pristine is None:
                 self.pristine = fed.adapted.get_state(fed.adapted.head_state_names())
@@ -213,7 +235,7 @@ class SharedModel:
         return RunResult(method, rank, seed, summary, run_dir.path)
 
 
-Job = tuple[int, str, int, int, str]  # (index, method, rank, seed, run directory)
+Job = tuple[int, str, int, int, str, float | None, bool]  # (index, method, rank, seed, run dir, lr or None, validation)
 
 
 def _worker(cfg: RunConfig, jobs: Any, results: Any, plugins: list[str]) -> None:
@@ -225,8 +247,8 @@ def _worker(cfg: RunConfig, jobs: Any, results: Any, plugins: list[str]) -> None
         import_plugins(plugins)  # methods registered outside fedsb, as in the parent
         shared = SharedModel(cfg)
         while (job := jobs.get()) is not None:
-            i, method, rank, seed, path = job
-            r = shared.run(method, rank, seed, Path(path))
+            i, method, rank, seed, path, lr, validation = job
+            r = shared.run(method, rank, seed, Path(path), lr, validation)
             results.put(("ok", i, r.method, r.rank, r.seed, r.summary, str(r.run_dir)))
     except Exception as e:  # reported to the parent, which raises it as one line
         results.put(("error", f"{type(e).__name__}: {e}" if not isinstance(e, FedsbError) else str(e)))
@@ -236,8 +258,8 @@ def run_jobs(cfg: RunConfig, jobs: list[Job], workers: int, on_result: Callable[
     """Run ``jobs`` in this process (``workers == 1``) or in ``workers`` spawned processes."""
     if workers == 1:
         shared = SharedModel(cfg)
-        for _, method, rank, seed, path in jobs:
-            on_result(shared.run(method, rank, seed, Path(path)))
+        for _, method, rank, seed, path, lr, validation in jobs:
+            on_result(shared.run(method, rank, seed, Path(path), lr, validation))
         return
     ctx = mp.get_context("spawn")  # fresh interpreters: no fork of a process that already runs torch threads
     job_q, res_q = ctx.Queue(), ctx.Queue()
@@ -307,9 +329,19 @@ def summarise(results: list[RunResult], spec: CompareSpec) -> list[dict[str, Any
             "one_time_bytes": int(one.get("init_upload_bytes_per_client", 0) + one.get("broadcast_bytes_per_client", 0)),
             "trainable_params": runs[0].summary.get("trainable_params"),
             "lr": runs[0].summary.get("lr"),
+            # Each client's model on its own test share (the test set dealt by each client's label mix), and the
+            # worst client's; for a personalised method the model is the client's own.
+            "own_share_accuracy_mean": _mean_final(runs, "personal_accuracy"),
+            "worst_client_accuracy_mean": _mean_final(runs, "personal_accuracy_min"),
+            "personalised": METHODS[method].personalised,
             "wall_seconds_mean": statistics.fmean(r.summary["wall_seconds"] for r in runs),
         })
     return rows
+
+
+def _mean_final(runs: list[RunResult], key: str) -> float | None:
+    vals = [r.summary.get("final_metrics", {}).get(key) for r in runs]
+    return statistics.fmean(float(v) for v in vals if v is not None) if all(v is not None for v in vals) else None
 
 
 def human_bytes(n: float) -> str:
@@ -330,13 +362,15 @@ def human_params(n: float) -> str:
     return f"{n:.0f}"
 
 
-TABLE_HEADERS = ["method", "rank", "seeds", "accuracy (mean ± std)", "up params", "down params", "up bytes", "down bytes",
+TABLE_HEADERS = ["method", "rank", "seeds", "accuracy (mean ± std)", "own share", "worst client", "up params", "down params", "up bytes", "down bytes",
                  "one-time bytes", "wall s"]
 
 
 def table_cells(row: dict[str, Any]) -> list[str]:
     return [
-        row["method"], str(row["rank"]), str(row["seeds"]), f"{row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f}",
+        row["method"] + (" (personal)" if row.get("personalised") else ""), str(row["rank"]), str(row["seeds"]),
+        f"{row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f}",
+        *("-" if row.get(k) is None else f"{row[k]:.4f}" for k in ("own_share_accuracy_mean", "worst_client_accuracy_mean")),
         human_params(row["upload_params"]), human_params(row["download_params"]), human_bytes(row["upload_bytes"]),
         human_bytes(row["download_bytes"]), human_bytes(row["one_time_bytes"]), f"{row['wall_seconds_mean']:.1f}",
     ]
@@ -352,7 +386,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 CSV_FIELDS = ["method", "rank", "seeds", "accuracy_mean", "accuracy_std", "accuracies", "initial_accuracy_mean",
               "upload_params", "download_params", "upload_bytes", "download_bytes", "one_time_bytes",
-              "trainable_params", "lr", "wall_seconds_mean"]
+              "trainable_params", "lr", "own_share_accuracy_mean", "worst_client_accuracy_mean", "personalised",
+              "wall_seconds_mean"]
 
 
 def csv_text(rows: list[dict[str, Any]]) -> str:
@@ -387,7 +422,10 @@ def write_report(out: Path, rows: list[dict[str, Any]], results: list[RunResult]
         "",
         header + ".",
         "",
-        "Accuracy: final test accuracy, mean ± sample std over seeds. Parameters and bytes: per client per round "
+        "Accuracy: final test accuracy, mean ± sample std over seeds (a personalised method has no global model: "
+        "the mean of its clients' own models on the test set, weighted by their training examples). Own share: each "
+        "client's model on its own test share (the test set dealt by each client's label mix); worst client: the "
+        "lowest of those. Parameters and bytes: per client per round "
         "(float32 on the wire, head included). One-time: per client (Fed-SB's B/A broadcast and init-gradient upload). "
         "Wall: mean seconds per run.",
         "",
@@ -406,6 +444,58 @@ def write_report(out: Path, rows: list[dict[str, Any]], results: list[RunResult]
         "runs": [{"method": r.method, "rank": r.rank, "seed": r.seed, "dir": str(r.run_dir.relative_to(out)),
                   "accuracy": accuracy_of(r.summary), "wall_seconds": r.summary["wall_seconds"]} for r in results],
     })
+
+
+# --- learning-rate tuning ----------------------------------------------------------------------------------------
+def base_lr(cfg: RunConfig, method: str, rank: int) -> float:
+    """The rate a run of ``method`` at ``rank`` uses without tuning: ``train.lr`` or the method's default."""
+    return cfg.train.lr or METHODS[method].default_lr(rank)
+
+
+def tune_learning_rates(cfg: RunConfig, spec: CompareSpec, out: Path, workers: int, console: Console,
+                        progress: bool) -> dict[tuple[str, int], float | None]:
+    """Each (method, rank) at ``base_lr x f`` for every ``f`` in ``spec.tune_lr``, scored on a validation slice of
+    the training data (first seed; the test split is never read); returns the best rate of each variant (ties:
+    the multiplier closest to 1). Writes ``tuning.md`` and ``tuning.json``."""
+    variants, seed = spec.variants(), cfg.seed
+    jobs: list[Job] = []
+    for m, r in variants:
+        for f in spec.tune_lr:
+            lr = base_lr(cfg, m, r) * f
+            jobs.append((len(jobs), m, r, seed, str(out / "tuning" / f"{m}-r{r}-lr{lr:.3g}"), lr, True))
+    console.print(f"[bold]fedsb compare[/bold]: tuning the learning rate of {len(variants)} variants x "
+                  f"{len(spec.tune_lr)} rates on a validation slice of the training data (seed {seed})")
+    scores: dict[tuple[str, int], list[tuple[float, float, float]]] = {v: [] for v in variants}
+    bar = tqdm(total=len(jobs), desc="tune", unit="run", disable=not progress)
+    factor = {(j[1], j[2], j[5]): f for j, f in zip(jobs, [f for _ in variants for f in spec.tune_lr], strict=True)}
+
+    def on_result(r: RunResult) -> None:
+        lr = float(r.summary["lr"])
+        scores[(r.method, r.rank)].append((lr, factor[(r.method, r.rank, lr)], accuracy_of(r.summary)))
+        bar.update(1)
+
+    try:
+        run_jobs(cfg, sorted(jobs, key=lambda j: -METHODS[j[1]].relative_cost), workers, on_result)
+    finally:
+        bar.close()
+    best: dict[tuple[str, int], float | None] = {}
+    lines = ["# fedsb compare: learning-rate tuning", "",
+             f"Validation accuracy on {cfg.task.validation_fraction:.0%} of the training pool (never the test split), "
+             f"seed {seed}; each rate is the method's default times a multiplier in {spec.tune_lr}.", "",
+             "| method | rank | " + " | ".join(f"x{f:g}" for f in spec.tune_lr) + " | chosen lr |",
+             "|---|---:|" + "---:|" * len(spec.tune_lr) + "---:|"]
+    for v in variants:
+        trials = sorted(scores[v], key=lambda t: t[1])
+        chosen = max(trials, key=lambda t: (round(t[2], 6), -abs(math.log(t[1]))))
+        best[v] = chosen[0]
+        cells = [f"**{a:.4f}**" if t is chosen else f"{a:.4f}" for t in trials for a in [t[2]]]
+        lines.append(f"| {v[0]} | {v[1]} | " + " | ".join(cells) + f" | {chosen[0]:.3g} |")
+    atomic_write_text(out / "tuning.md", "\n".join(lines) + "\n")
+    write_json(out / "tuning.json", {"multipliers": spec.tune_lr, "seed": seed,
+                                     "trials": {f"{m} r={r}": scores[(m, r)] for m, r in variants},
+                                     "chosen": {f"{m} r={r}": best[(m, r)] for m, r in variants}})
+    console.print("\n".join(lines[4:]))
+    return best
 
 
 # --- the command ---------------------------------------------------------------------------------------------
@@ -441,13 +531,18 @@ def compare(
         cfg.train.threads = max(1, (os.cpu_count() or 1) // workers)
     if not eval_every_set:
         cfg.eval.every = cfg.federation.rounds  # only the final accuracy enters the table
+    if cfg.eval.personal == "auto":
+        cfg.eval.personal = "on"  # every method gets the own-share and worst-client columns
     rundir = RunDir.create(out, overwrite=overwrite)
     header = describe(cfg, seeds, workers)
+    lrs: dict[tuple[str, int], float | None] = dict.fromkeys(variants)
+    if spec.tune_lr:
+        lrs = tune_learning_rates(cfg, spec, rundir.path, workers, console, progress)
     console.print(f"[bold]fedsb compare[/bold]: {len(variants)} method/rank variants x {len(seeds)} seeds = {n_runs} runs; "
                   f"{header}")
-    jobs: list[Job] = [(i, m, r, s, str(rundir.path / "runs" / f"{m}-r{r}-s{s}"))
+    jobs: list[Job] = [(i, m, r, s, str(rundir.path / "runs" / f"{m}-r{r}-s{s}"), lrs[(m, r)], False)
                        for i, (s, (m, r)) in enumerate((s, v) for s in seeds for v in variants)]
-    order = {(m, r, s): i for i, m, r, s, _ in jobs}
+    order = {(m, r, s): i for i, m, r, s, *_ in jobs}
     # Longest runs first (the methods with a dense residual, then Fed-SB's init), so that the last runs to
     # finish are short ones and no worker idles long at the end; results are reported in table order.
     jobs.sort(key=lambda j: -METHODS[j[1]].relative_cost)

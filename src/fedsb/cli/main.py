@@ -48,11 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "parameters communicated per client per round. Any config key can be overridden as "
                                    "in `fedsb run` (--rounds 3, --clients 5, --out DIR).")
     c.add_argument("config", nargs="?", help="TOML config file (default: the embedded quickstart)")
-    c.add_argument("--methods", default="fed-sb,fedit,ffa-lora,fedex-lora,flora", help="comma-separated methods")
-    c.add_argument("--fedsb-ranks", default="4,8,16", help="Fed-SB ranks (comma-separated)")
+    c.add_argument("--methods", default="all", help="comma-separated methods, or all (default: every registered method)")
+    c.add_argument("--fedsb-ranks", default="4,8,16", help="ranks of the r x r-core methods, Fed-SB and RAVAN (comma-separated)")
     c.add_argument("--lora-rank", default="8", help="rank of the LoRA baselines")
     c.add_argument("--seeds", default="3", help="number of seeds (seed, seed+1, ...)")
     c.add_argument("--workers", help="parallel runs (processes; default: one per core, at most 4)")
+    c.add_argument("--tune-lr", metavar="F1,F2,...", help="first tune each method's learning rate: its default times each "
+                   "multiplier, scored on a validation slice of the training data (e.g. 0.3,1,3)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.add_argument("--KEY", metavar="VALUE", help="override any config key, as in `fedsb run`")

@@ -89,6 +89,9 @@ class TaskConfig(Section):
     max_length: Int = Field(default=64, ge=8)
     test_fraction: Float = Field(default=0.2, gt=0, le=1)  # held-out share when the data has no test split
     max_test_examples: Int | None = Field(default=None, ge=1)
+    # validation: score on a held-out slice of the training pool instead of the test split (for tuning)
+    evaluate_on: Literal["test", "validation"] = "test"
+    validation_fraction: Float = Field(default=0.15, gt=0, lt=1)
 
     @property
     def label(self) -> str:

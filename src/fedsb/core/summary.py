@@ -53,7 +53,7 @@ def run_summary(run: RunRecord, wall_seconds: float) -> dict[str, Any]:
     fed, cfg, comm = run.fed, run.cfg, run.comm
     k_round = max(1, round(cfg.federation.fraction * cfg.federation.clients))
     up, down = analytic_round_params(fed, k_round)
-    final = {k: v for k, v in run.rows[-1].items() if k in ("accuracy", "loss") or k.startswith(("acc", "eps"))}
+    final = {k: v for k, v in run.rows[-1].items() if k in ("accuracy", "loss") or k.startswith(("acc", "eps", "personal_"))}
     first = run.rows[0] if run.rows and run.rows[0]["round"] == 0 else {}
     wire = comm.wire_dtype
     privacy = run.trainer.privacy_summary()

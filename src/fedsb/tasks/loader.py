@@ -12,6 +12,7 @@ format from the fields of the first record.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -162,7 +163,24 @@ def load_eval_examples(cfg: TaskConfig, kind: TaskKind = "causal-lm", seed: int 
 
 
 def load_task(cfg: TaskConfig, kind: TaskKind, seed: int = 0) -> TaskData:
-    """Load the configured task for a classifier or a causal LM."""
+    """Load the configured task for a classifier or a causal LM.
+
+    ``task.evaluate_on = "validation"``: the run is scored on a stratified slice of the training pool
+    (``task.validation_fraction``, capped by ``max_test_examples``) that no client trains on, and the test split
+    is left untouched: what a learning-rate sweep must use (``fedsb compare --tune-lr``)."""
+    data = _load_task(cfg, kind, seed)
+    if cfg.evaluate_on == "test":
+        return data
+    train, val = split_train_test(data.train, cfg.validation_fraction, seed * 7_919 + 17)
+    if cfg.max_test_examples:
+        val = val[: cfg.max_test_examples]
+    if not train or not val:
+        raise FedsbError(f"task.validation_fraction = {cfg.validation_fraction} leaves {len(train)} training and {len(val)} "
+                         "validation examples; choose a fraction that keeps both non-empty")
+    return dataclasses.replace(data, name=f"{data.name} [validation]", train=train, test=val)
+
+
+def _load_task(cfg: TaskConfig, kind: TaskKind, seed: int = 0) -> TaskData:
     if cfg.path is None and cfg.name in BUILTIN_TASKS:
         path = builtin_path(cfg.name)
     elif cfg.path is not None:

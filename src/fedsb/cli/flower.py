@@ -68,7 +68,7 @@ def _resolve(config: str | None, overrides: list[tuple[str, str]], resume: bool 
 
     if not resume:
         cfg = resolve(config, overrides, load_presets())
-        method_options(cfg.method, cfg.method_options)  # an unknown method or option fails here, before Ray or any model starts
+        method_options(cfg.method, cfg.method_options, cfg)  # an unknown method or option fails here, before Ray or any model starts
         refuse_reproducible_noise(cfg)  # before Ray or any process starts (the ServerApp refuses it too)
         return cfg
     over = overrides_to_dict(overrides)

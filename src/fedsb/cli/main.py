@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 resume(resume_dir, overrides, progress="--no-progress" not in flags)
                 return 0
             cfg = resolve(config, overrides, load_presets())
-            method_options(cfg.method, cfg.method_options)  # an unknown method or option fails here, before any model loads
+            method_options(cfg.method, cfg.method_options, cfg)  # an unknown method or option fails here, before any model loads
             run(cfg, overwrite="--overwrite" in flags, progress="--no-progress" not in flags)
             return 0
         if argv and argv[0] == "flower":
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
             config, flags, spec, overrides = split_compare_args(argv[1:])
             cfg = resolve(config, overrides, load_presets())
-            method_options(cfg.method, cfg.method_options)  # an unknown method or option fails here, before any model loads
+            method_options(cfg.method, cfg.method_options, cfg)  # an unknown method or option fails here, before any model loads
             compare(cfg, spec, overwrite="--overwrite" in flags, progress="--no-progress" not in flags,
                     eval_every_set=eval_every_given(config, overrides))
             return 0

@@ -135,11 +135,11 @@ def assemble_federation(cfg: RunConfig, loaded: LoadedModel, task: TaskData) -> 
     """
     device = resolve_device(cfg.model.device)
     method_cls = get_method(cfg.method)
-    options = method_options(cfg.method, cfg.method_options)
+    options = method_options(cfg.method, cfg.method_options, cfg)
     targets = cfg.model.targets or loaded.targets
     head = cfg.model.head if cfg.model.head is not None else loaded.head
-    adapted = AdaptedModel(loaded.model, targets, method_cls.adapter_mode, cfg.adapter.rank, cfg.adapter.alpha, head,
-                           **method_cls.adapter_kwargs(options))
+    adapted = AdaptedModel(loaded.model, targets, method_cls.adapter_mode, method_cls.adapter_rank(cfg.adapter.rank, options),
+                           cfg.adapter.alpha, head, **method_cls.adapter_kwargs(options))
     adapted.to(device)
     scaling = adapted.alpha / cfg.adapter.rank
     method = method_cls(scaling=scaling, weighting=cfg.federation.weighting, seed=cfg.seed, options=options)

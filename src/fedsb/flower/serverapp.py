@@ -75,7 +75,7 @@ def parse_run_config(run_config: dict[str, Any]) -> tuple[RunConfig, FlowerOptio
     if data.get("out") == "":
         data.pop("out")
     cfg = validate(from_dict(data))
-    method_options(cfg.method, cfg.method_options)  # an unknown method or option fails here, before any model loads
+    method_options(cfg.method, cfg.method_options, cfg)  # an unknown method or option fails here, before any model loads
     opts = FlowerOptions()
     for key, (attr, tp) in FLOWER_KEYS.items():
         if key in run_config:

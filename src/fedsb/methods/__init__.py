@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fedsb.config import did_you_mean
+from fedsb.config import RunConfig, did_you_mean
 from fedsb.errors import UsageError
 from fedsb.methods.base import ClientUpdate, Method, MethodOptions, ServerState
 from fedsb.methods.fed_sb import FedSB
@@ -68,16 +68,20 @@ def get_method(name: str) -> type[Method]:
                          f"choose one of: {', '.join(METHODS)}") from None
 
 
-def method_options(name: str, raw: dict[str, Any] | None) -> MethodOptions:
-    """``[method_options]`` checked against method ``name``'s options; a one-line error names the bad key."""
+def method_options(name: str, raw: dict[str, Any] | None, cfg: RunConfig | None = None) -> MethodOptions:
+    """``[method_options]`` checked against method ``name``'s options (and, given the run's ``cfg``, the method's
+    :meth:`~fedsb.methods.base.Method.check_config`); a one-line error names the bad key."""
     cls = get_method(name)
     try:
-        return cls.parse_options(raw)
+        options = cls.parse_options(raw)
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(x) for x in err["loc"]) or "?"
         known = ", ".join(cls.Options.model_fields) or "none"
         raise UsageError(f"method_options.{key}: {err['msg']} (method {name!r} takes: {known}); fix or remove it") from None
+    if cfg is not None:
+        cls.check_config(cfg, options)
+    return options
 
 
 __all__ = ["METHODS", "ClientUpdate", "Method", "MethodOptions", "ServerState", "get_method", "import_plugins",

@@ -26,8 +26,8 @@ from torch import Tensor
 from fedsb.adapters.layer import AdapterMode
 from fedsb.adapters.model import AdaptedModel
 
-if TYPE_CHECKING:  # the federation is built from methods; a hook only reads it
-    from fedsb.core.federation import Federation
+if TYPE_CHECKING:
+    from fedsb.config import RunConfig
 
 Weighting = Literal["examples", "uniform"]
 BASE_UPDATE_SUFFIXES = (".residual", ".stack_A", ".stack_B")
@@ -150,6 +150,16 @@ class Method(ABC):
         return {}
 
     @classmethod
+    def adapter_rank(cls, rank: int, options: MethodOptions) -> int:
+        """The rank of the injected adapters for config rank ``rank`` (RAVAN: its heads' stacked rank). Default: ``rank``."""
+        return rank
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig, options: MethodOptions) -> None:
+        """Refuse (``UsageError``, one line) a config this method cannot run, before any model loads. Default: none."""
+        return None
+
+    @classmethod
     def parse_options(cls, raw: dict[str, Any] | None) -> MethodOptions:
         """``[method_options]`` validated against :attr:`Options` (raises pydantic's ``ValidationError``)."""
         return cls.Options.model_validate(raw or {})
@@ -217,8 +227,9 @@ class Method(ABC):
         broadcast is loaded and before training or validation: what trains this round. Default: nothing."""
 
     # --- client ---------------------------------------------------------------------------------
-    def prepare_client(self, fed: Federation, client: int, round_idx: int) -> None:  # noqa: B027 (optional hook)
-        """Client side, right before local training (after :meth:`begin_round`). Default: nothing."""
+    def prepare_client(self, fed: Any, client: int, round_idx: int) -> None:  # noqa: B027 (optional hook)
+        """Client side, right before local training (after :meth:`begin_round`); ``fed`` is the client's
+        :class:`fedsb.core.federation.Federation` (methods sit below core: read it, do not import it). Default: nothing."""
 
     def apply_base_update(self, adapted: AdaptedModel, payload: dict[str, Tensor]) -> None:  # noqa: B027 (optional hook)
         """Fold a broadcast's base-weight increment into the model (once per model copy). Default: none."""

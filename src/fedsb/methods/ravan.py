@@ -223,6 +223,22 @@ class RAVAN(Method):
         adapted.reset_head_scales()  # the broadcast H_i already carry the scales
 
     # --- client ---------------------------------------------------------------------------------------
+    @classmethod
+    def check_config(cls, cfg: RunConfig, options: MethodOptions) -> None:
+        opts, dp_mode = cls._opts(options), cfg.dp.mode
+        if opts.selection == "gradient" and dp_mode != "off":
+            raise UsageError(f"RAVAN gradient head scoring reads an unnoised private batch (dp.mode = {dp_mode!r}); "
+                             "set method_options.selection = 'random' or 'all'")
+        if dp_mode == "client" and opts.selection != "all":
+            raise UsageError("dp.mode = client noises the mean of every head from every client; set "
+                             "method_options.selection = 'all' (head subsets need sample-level DP)")
+        if dp_mode == "client" and opts.trainable_scale:
+            # The client clips its trained H_i and s_i, but uploads the product s_i H_i, whose change is not bounded
+            # by that clip (the server re-clips, except under SecAgg+): keep s_i = 1.
+            raise UsageError("dp.mode = client bounds what a client trains, not the product s_i H_i it uploads; set "
+                             "method_options.trainable_scale = false")
+        cls.head_rank(cfg.adapter.rank, opts.heads)
+
     def heads_for(self, client: int, heads: int) -> int:
         """``K_c``: how many heads client ``client`` trains."""
         fs = self.options.head_fractions
@@ -231,13 +247,7 @@ class RAVAN(Method):
 
     def prepare_client(self, fed: ClientSide, client: int, round_idx: int) -> None:
         opts = self.options
-        dp_mode = fed.cfg.dp.mode
-        if opts.selection == "gradient" and dp_mode != "off":
-            raise UsageError(f"RAVAN gradient head scoring reads an unnoised private batch (dp.mode = {dp_mode!r}); "
-                             "set method_options.selection = 'random' or 'all'")
-        if dp_mode == "client" and opts.selection != "all":
-            raise UsageError("dp.mode = client noises the mean of every head from every client; set "
-                             "method_options.selection = 'all' (head subsets need sample-level DP)")
+        self.check_config(fed.cfg, opts)
         adapted = fed.adapted
         want = self.adapter_rank(fed.cfg.adapter.rank, opts)
         if adapted.rank != want:  # a builder that skipped adapter_rank would silently shrink the budget

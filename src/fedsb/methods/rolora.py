@@ -34,7 +34,7 @@ class RoLoRA(Method):
     exact = True
     additive = True
     summary = "Alternating LoRA: B in one round, A in the next; average the active factor (exact, ~r(d_in+d_out)/2)"
-    plot_style = ("P", "tab:brown")
+    plot_style = ("*", "tab:brown")
     relative_cost = 1
 
     @classmethod

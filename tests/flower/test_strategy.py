@@ -41,7 +41,7 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max([float((a[k] - b[k]).abs().max()) for k in a] or [0.0])
 
 
-@pytest.mark.parametrize("method", ["fed-sb", "fedit", "ffa-lora", "fedex-lora", "flora", "fedsvd", "rolora", "fedsa-lora"])
+@pytest.mark.parametrize("method", ["fed-sb", "fedit", "ffa-lora", "fedex-lora", "flora", "fedsvd", "rolora", "fedsa-lora", "ravan"])
 def test_same_result_as_the_simulator(method: str) -> None:
     s, _ = run_flower(method)
     sim = run_sim(method)

@@ -6,7 +6,7 @@ from typing import Any
 
 from fedsb.config import RunConfig, from_dict, merge, validate
 
-METHOD_NAMES = ("fed-sb", "fedit", "ffa-lora", "fedex-lora", "flora", "fedsvd")
+METHOD_NAMES = ("fed-sb", "fedit", "ffa-lora", "fedex-lora", "flora", "fedsvd", "ravan", "rolora", "fedsa-lora")
 
 
 def tiny_cfg(method: str = "fed-sb", model: str = "tiny-bert", **over: Any) -> RunConfig:

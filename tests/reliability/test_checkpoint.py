@@ -48,7 +48,7 @@ CATCHUP_FIELDS = ("download_params_per_client", "download_bytes_per_client", "do
 def resumed_view(row: dict, method: str) -> dict:
     """A metrics row without timings and, for the methods whose clients catch up after a resume, download sizes."""
     row = strip_timing(row)
-    return {k: v for k, v in row.items() if k not in CATCHUP_FIELDS} if method in ("fedex-lora", "flora") else row
+    return {k: v for k, v in row.items() if k not in CATCHUP_FIELDS} if method in ("fedex-lora", "flora", "rolora") else row
 
 
 def final_state(sim: Simulator) -> dict[str, torch.Tensor]:

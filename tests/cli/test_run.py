@@ -63,7 +63,7 @@ def test_run_refuses_to_overwrite_and_leaves_the_directory_alone(tmp_path: Path,
 def test_methods_lists_every_registered_method(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["methods"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    names = [line.split()[0] for line in lines]
+    names = [line.split()[0] for line in lines if not line.startswith(" ")]  # option lines are indented
     assert names == list(METHODS)
     assert names[:5] == ["fed-sb", "fedit", "ffa-lora", "fedex-lora", "flora"] and "fedsvd" in names
 
@@ -80,3 +80,9 @@ def test_default_quickstart_reaches_080(tmp_path: Path) -> None:
     print(f"quickstart: accuracy {summary['final_metrics']['accuracy']:.4f} in {summary['wall_seconds']:.1f} s")
     assert summary["final_metrics"]["accuracy"] >= 0.80
     assert summary["method"] == "fed-sb"
+
+
+def test_methods_lists_each_methods_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "method_options.heads = 4" in out and "method_options.svd_period = 1" in out

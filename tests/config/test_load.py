@@ -11,7 +11,8 @@ from fedsb.config import resolve
 from fedsb.errors import UsageError
 from fedsb.methods import get_method
 
-UNKNOWN = "unknown method 'fedsb' (did you mean 'fed-sb'?); choose one of: fed-sb, fedit, ffa-lora, fedex-lora, flora"
+UNKNOWN = ("unknown method 'fedsb' (did you mean 'fed-sb'?); choose one of: fed-sb, fedit, ffa-lora, fedex-lora, flora, "
+           "fedsvd, rolora, fedsa-lora, ravan")
 
 
 def test_precedence_defaults_preset_file_overrides(tmp_path: Path) -> None:

@@ -17,11 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # The defaults of every key, as the dataclass config had them (the TOML layout of a run's config.toml).
 DEFAULTS = {
-    "method": "fed-sb", "seed": 0, "out": None, "preset": None,
+    "method": "fed-sb", "seed": 0, "out": None, "preset": None, "method_options": {},
     "model": {"name": "minilm", "kind": "auto", "dtype": "float32", "device": "cpu", "targets": None, "head": None},
     "task": {"name": "intent_recognition", "path": None, "format": "auto", "prompt_field": "prompt",
              "response_field": "response", "chat_template": "auto", "max_length": 64, "test_fraction": 0.2,
-             "max_test_examples": None},
+             "max_test_examples": None, "evaluate_on": "test", "validation_fraction": 0.15},
     "adapter": {"rank": 16, "alpha": None},
     "init": {"source": "federated-lowrank", "samples": 32, "eta": 0.001, "svd": "lowrank", "oversample": 8, "niter": 2,
              "public_path": None, "batch_size": 16, "lowrank_rank": 0, "lowrank_bits": 8},
@@ -30,7 +30,7 @@ DEFAULTS = {
                    "max_change_norm": None, "max_examples_factor": 2.0, "init_norm_factor": 1.0},
     "train": {"local_steps": 10, "local_epochs": None, "batch_size": 16, "lr": None, "head_lr": None, "weight_decay": 0.0,
               "warmup_ratio": 0.1, "schedule": "cosine", "max_grad_norm": 1.0, "threads": None},
-    "eval": {"every": 1, "batch_size": 64, "mode": "auto"},
+    "eval": {"every": 1, "batch_size": 64, "mode": "auto", "personal": "auto"},
     "dp": {"mode": "off", "epsilon": None, "delta": None, "max_grad_norm": 1.0, "noise_multiplier": None,
            "allow_loose_delta": False, "accountant": "rdp", "init_noise_multiplier": None, "reproducible_noise": False},
     "tracking": {"backends": []},

@@ -105,12 +105,14 @@ class Round:
         self.state = self.sim.state
         self.payload = to_wire(fed.method.broadcast(self.state))
         fed.method.load_adapter(fed.adapted, self.payload)
+        fed.method.begin_round(fed.adapted, self.state.round)  # as both engines do (RoLoRA: what trains this round)
         self.residual = fed.adapted.residual_state()
         self.start = self.model()
         self.reference = fed.adapted.get_state(fed.method.upload_names(fed.adapted))
         self.honest: list[ClientUpdate] = []
         for c in range(clients):
             fed.method.load_adapter(fed.adapted, self.payload)
+            fed.method.begin_round(fed.adapted, self.state.round)
             metrics = train_client(fed, c, 1, 0)
             self.honest.append(ClientUpdate(str(c), fed.method.client_update(fed.adapted), len(fed.shards[c]), metrics))
 

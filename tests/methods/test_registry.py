@@ -107,3 +107,24 @@ def test_the_toy_runs_in_compare_workers(tmp_path: Path) -> None:
     assert toy["upload_params"] == ffa["upload_params"]  # the same B-only traffic, from the toy's own formula
     summary = json.loads((tmp_path / "cmp" / "runs" / "toy-uniform-b-r4-s0" / "summary.json").read_text())
     assert summary["method"] == "toy-uniform-b"
+
+
+def test_method_options_are_checked_against_the_method_in_one_line() -> None:
+    import pytest as _pytest
+
+    from fedsb.errors import UsageError
+    from fedsb.methods import method_options
+
+    assert method_options("ravan", {"heads": 9}).heads == 9  # type: ignore[attr-defined]
+    with _pytest.raises(UsageError, match=r"^method_options\.headz: .*method 'ravan' takes: heads"):
+        method_options("ravan", {"headz": 4})
+    with _pytest.raises(UsageError, match=r"^method_options\.heads: .*takes: none|method 'fed-sb' takes: none"):
+        method_options("fed-sb", {"heads": 4})
+
+
+def test_a_bad_method_option_exits_2_before_any_model_loads(capsys) -> None:
+    from fedsb.cli import main
+
+    assert main(["run", "--method", "ravan", "--method_options.selection", "everything", "--out", "/nonexistent/x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "method_options.selection" in err[0]

@@ -1,4 +1,4 @@
-"""``fedsb methods``: the five methods, one line each."""
+"""``fedsb methods``: every registered method, one line each, and its ``[method_options]`` with defaults."""
 
 from __future__ import annotations
 
@@ -7,5 +7,8 @@ from fedsb.methods import METHODS
 
 def methods() -> None:
     for name, cls in METHODS.items():
-        exact = "exact" if cls.exact else "inexact"
-        print(f"{name:<11} {exact:<8} {cls.summary}")
+        kind = "personal" if cls.personalised else ("exact" if cls.exact else "inexact")
+        print(f"{name:<11} {kind:<8} {cls.summary}")
+        opts = cls.Options()
+        for key in cls.Options.model_fields:
+            print(f"{'':<20} method_options.{key} = {getattr(opts, key)!r}")

@@ -43,7 +43,7 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 
 def unregister_method(name: str) -> None:
-    """Remove a method registered from outside fedsb (the five builtins stay)."""
+    """Remove a method registered from outside fedsb (the builtins stay)."""
     if name in _BUILTIN:
         raise ValueError(f"{name!r} is a builtin method and cannot be unregistered")
     METHODS.pop(name, None)

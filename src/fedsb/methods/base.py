@@ -1,4 +1,4 @@
-"""The strategy interface shared by the five federated methods.
+"""The strategy interface shared by the federated methods (the builtins and any registered from outside).
 
 A method says, for one round:
 

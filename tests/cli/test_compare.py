@@ -122,8 +122,10 @@ def test_tune_lr_scores_on_validation_never_test_and_uses_the_best(tmp_path: Pat
     rows = compare(cfg, spec, progress=False)
     tuning = json.loads((tmp_path / "t" / "tuning.json").read_text())
     tuned = [s for s in seen if s[2]]
-    assert len(tuned) == 6 and all("[validation]" in s[3] for s in tuned)
-    assert all("[validation]" not in s[3] and not s[2] for s in seen[6:])
+    n_tuned = sum(len(t) for t in tuning["trials"].values())
+    assert len(tuned) == n_tuned and 6 <= n_tuned <= 6 + 2 * cmp.TUNE_EXTENSIONS
+    assert all("[validation]" in s[3] for s in tuned)
+    assert all("[validation]" not in s[3] and not s[2] for s in seen[n_tuned:])
     for row in rows:
         trials = tuning["trials"][f"{row['method']} r={row['rank']}"]
         best = max(trials, key=lambda t: t[2])
@@ -133,6 +135,37 @@ def test_tune_lr_scores_on_validation_never_test_and_uses_the_best(tmp_path: Pat
     personal = next(r for r in rows if r["method"] == "fedsa-lora")
     assert personal["personalised"] and personal["own_share_accuracy_mean"] is not None
     assert "fedsa-lora (personal)" in (tmp_path / "t" / "compare.md").read_text()
+
+
+@pytest.mark.parametrize(("peak", "expected"), [(1e9, [0.1, 1.0, 10.0, 100.0, 1000.0]), (2.0, [0.1, 1.0, 10.0]),
+                                               (1e-9, [0.001, 0.01, 0.1, 1.0, 10.0]), (30.0, [0.1, 1.0, 10.0, 100.0])])
+def test_tuning_walks_past_a_winning_grid_edge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, peak: float,
+                                               expected: list[float]) -> None:
+    """A best rate on an edge of the grid is tried one step further out (at most TUNE_EXTENSIONS times), so a
+    method is never compared at a rate its own tuning was still improving on; an interior best stops the walk."""
+    import math
+
+    from rich.console import Console
+
+    import fedsb.cli.compare as cmp
+
+    def fake_jobs(cfg, jobs, workers, on_result) -> None:  # validation accuracy peaks at lr = base * peak
+        for _, m, r, s, path, lr, validation in jobs:
+            assert validation
+            f = lr / cmp.base_lr(cfg, m, r)
+            on_result(cmp.RunResult(m, r, s, {"lr": lr, "final_metrics": {"accuracy": -abs(math.log(f / peak))}},
+                                    Path(path)))
+
+    monkeypatch.setattr(cmp, "run_jobs", fake_jobs)
+    cfg = tiny_config(out=str(tmp_path / "t"))
+    spec = CompareSpec(methods=["fedit"], lora_rank=4, seeds=1, workers=1, tune_lr=[0.1, 1.0, 10.0])
+    chosen = cmp.tune_learning_rates(cfg, spec, tmp_path, 1, Console(quiet=True), False)
+    tuning = json.loads((tmp_path / "tuning.json").read_text())
+    tried = [t[1] for t in tuning["trials"]["fedit r=4"]]
+    assert tried == pytest.approx(expected)
+    best_f = min(expected, key=lambda f: abs(math.log(f / peak)))
+    assert chosen[("fedit", 4)] == pytest.approx(cmp.base_lr(cfg, "fedit", 4) * best_f)
+    assert "| fedit | 4 |" in (tmp_path / "tuning.md").read_text()
 
 
 def test_methods_all_and_tune_lr_arguments() -> None:

@@ -452,50 +452,86 @@ def base_lr(cfg: RunConfig, method: str, rank: int) -> float:
     return cfg.train.lr or METHODS[method].default_lr(rank)
 
 
+TUNE_EXTENSIONS = 2  # extra rates tried past a grid edge that wins (each one grid step further out)
+
+
 def tune_learning_rates(cfg: RunConfig, spec: CompareSpec, out: Path, workers: int, console: Console,
                         progress: bool) -> dict[tuple[str, int], float | None]:
     """Each (method, rank) at ``base_lr x f`` for every ``f`` in ``spec.tune_lr``, scored on a validation slice of
     the training data (first seed; the test split is never read); returns the best rate of each variant (ties:
-    the multiplier closest to 1). Writes ``tuning.md`` and ``tuning.json``."""
+    the multiplier closest to 1). A variant whose best rate sits on an edge of the grid is tried one grid step
+    further out, up to ``TUNE_EXTENSIONS`` times, so that no method is compared at a rate its own tuning was still
+    improving on. Writes ``tuning.md`` and ``tuning.json``."""
     variants, seed = spec.variants(), cfg.seed
-    jobs: list[Job] = []
-    for m, r in variants:
-        for f in spec.tune_lr:
-            lr = base_lr(cfg, m, r) * f
-            jobs.append((len(jobs), m, r, seed, str(out / "tuning" / f"{m}-r{r}-lr{lr:.3g}"), lr, True))
+    grid = spec.tune_lr
     console.print(f"[bold]fedsb compare[/bold]: tuning the learning rate of {len(variants)} variants x "
-                  f"{len(spec.tune_lr)} rates on a validation slice of the training data (seed {seed})")
+                  f"{len(grid)} rates on a validation slice of the training data (seed {seed})")
     scores: dict[tuple[str, int], list[tuple[float, float, float]]] = {v: [] for v in variants}
-    bar = tqdm(total=len(jobs), desc="tune", unit="run", disable=not progress)
-    factor = {(j[1], j[2], j[5]): f for j, f in zip(jobs, [f for _ in variants for f in spec.tune_lr], strict=True)}
+    factor: dict[tuple[str, int, float], float] = {}
+    bar = tqdm(desc="tune", unit="run", disable=not progress)
 
     def on_result(r: RunResult) -> None:
         lr = float(r.summary["lr"])
         scores[(r.method, r.rank)].append((lr, factor[(r.method, r.rank, lr)], accuracy_of(r.summary)))
         bar.update(1)
 
+    def trial_jobs(todo: list[tuple[str, int, float]]) -> list[Job]:
+        jobs: list[Job] = []
+        for m, r, f in todo:
+            lr = base_lr(cfg, m, r) * f
+            factor[(m, r, lr)] = f
+            jobs.append((len(jobs), m, r, seed, str(out / "tuning" / f"{m}-r{r}-lr{lr:.3g}"), lr, True))
+        return sorted(jobs, key=lambda j: -METHODS[j[1]].relative_cost)
+
+    def chosen_of(v: tuple[str, int]) -> tuple[float, float, float]:
+        return max(scores[v], key=lambda t: (round(t[2], 6), -abs(math.log(t[1]))))
+
+    todo = [(m, r, f) for m, r in variants for f in grid]
+    extended: dict[tuple[str, int], int] = dict.fromkeys(variants, 0)
+    step_up = grid[-1] / grid[-2] if len(grid) > 1 else 3.0
+    step_down = grid[1] / grid[0] if len(grid) > 1 else 3.0
     try:
-        run_jobs(cfg, sorted(jobs, key=lambda j: -METHODS[j[1]].relative_cost), workers, on_result)
+        while todo:
+            run_jobs(cfg, trial_jobs(todo), workers, on_result)
+            todo = []
+            for v in variants:
+                tried = sorted(t[1] for t in scores[v])
+                best = chosen_of(v)[1]
+                if extended[v] >= TUNE_EXTENSIONS or len(tried) < 2:
+                    continue
+                if best == tried[-1]:
+                    todo.append((*v, best * step_up))
+                elif best == tried[0]:
+                    todo.append((*v, best / step_down))
+                else:
+                    continue
+                extended[v] += 1
+            if todo:
+                console.print(f"tuning: {len(todo)} variant(s) best at an edge of the grid, trying one step further out")
     finally:
         bar.close()
-    best: dict[tuple[str, int], float | None] = {}
+    factors = sorted({t[1] for v in variants for t in scores[v]})
+    best_lr: dict[tuple[str, int], float | None] = {}
     lines = ["# fedsb compare: learning-rate tuning", "",
              f"Validation accuracy on {cfg.task.validation_fraction:.0%} of the training pool (never the test split), "
-             f"seed {seed}; each rate is the method's default times a multiplier in {spec.tune_lr}.", "",
-             "| method | rank | " + " | ".join(f"x{f:g}" for f in spec.tune_lr) + " | chosen lr |",
-             "|---|---:|" + "---:|" * len(spec.tune_lr) + "---:|"]
+             f"seed {seed}; each rate is the method's default times a multiplier in {grid}; a variant whose best rate "
+             f"was on an edge of that grid was tried up to {TUNE_EXTENSIONS} grid steps further out ('-': not tried).",
+             "", "| method | rank | " + " | ".join(f"x{f:.3g}" for f in factors) + " | chosen lr |",
+             "|---|---:|" + "---:|" * len(factors) + "---:|"]
     for v in variants:
-        trials = sorted(scores[v], key=lambda t: t[1])
-        chosen = max(trials, key=lambda t: (round(t[2], 6), -abs(math.log(t[1]))))
-        best[v] = chosen[0]
-        cells = [f"**{a:.4f}**" if t is chosen else f"{a:.4f}" for t in trials for a in [t[2]]]
+        chosen = chosen_of(v)
+        best_lr[v] = chosen[0]
+        by_f = {t[1]: t for t in scores[v]}
+        cells = [("-" if f not in by_f else f"**{by_f[f][2]:.4f}**" if by_f[f] is chosen else f"{by_f[f][2]:.4f}")
+                 for f in factors]
         lines.append(f"| {v[0]} | {v[1]} | " + " | ".join(cells) + f" | {chosen[0]:.3g} |")
     atomic_write_text(out / "tuning.md", "\n".join(lines) + "\n")
-    write_json(out / "tuning.json", {"multipliers": spec.tune_lr, "seed": seed,
-                                     "trials": {f"{m} r={r}": scores[(m, r)] for m, r in variants},
-                                     "chosen": {f"{m} r={r}": best[(m, r)] for m, r in variants}})
+    write_json(out / "tuning.json", {"multipliers": grid, "extensions": TUNE_EXTENSIONS, "seed": seed,
+                                     "trials": {f"{m} r={r}": sorted(scores[(m, r)], key=lambda t: t[1])
+                                                for m, r in variants},
+                                     "chosen": {f"{m} r={r}": best_lr[(m, r)] for m, r in variants}})
     console.print("\n".join(lines[4:]))
-    return best
+    return best_lr
 
 
 # --- the command ---------------------------------------------------------------------------------------------

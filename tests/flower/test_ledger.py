@@ -26,7 +26,7 @@ from fedsb.simulation.simulator import Simulator
 from tests.flower.fakegrid import FakeGrid, crash_on_train_round
 from tests.helpers import tiny_config
 
-METHODS = ["fed-sb", "fedit", "ffa-lora", "fedex-lora", "flora"]
+METHODS = ["fed-sb", "fedit", "ffa-lora", "fedex-lora", "flora", "ravan", "fedsvd", "rolora", "fedsa-lora"]
 ROUNDS, SKIP, CRASH = 4, 2, 3
 
 
@@ -99,7 +99,7 @@ def flower_with_resume(method: str, out: Path, wire: str) -> FedsbStrategy:
 @pytest.mark.parametrize("method", METHODS)
 def test_simulator_and_flower_ledgers_are_equal_and_count_every_byte(method: str, wire: str, tmp_path: Path,
                                                                       nodes_skip_round: None) -> None:
-    if wire == "bfloat16" and method in ("fedit", "ffa-lora"):
+    if wire == "bfloat16" and method in ("fedit", "ffa-lora", "fedsvd", "rolora", "fedsa-lora"):
         pytest.skip("bf16 changes nothing for them that fed-sb and fedex-lora do not cover")
     sim = simulate_with_resume(method, tmp_path / "sim", wire)
     flower = flower_with_resume(method, tmp_path / "flower", wire)

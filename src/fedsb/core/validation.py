@@ -265,3 +265,9 @@ def clip_change(payload: dict[str, Tensor], reference: dict[str, Tensor], scale:
         out[k] = (r + scale * (t.double() - r)).to(torch.float32)
     return out
 
+
+
+def all_finite(state: dict[str, Tensor]) -> bool:
+    """True when every floating tensor of ``state`` is finite. A client whose local training diverged keeps its
+    previous personal tensors (the server refuses the shared part of such an update for the same reason)."""
+    return all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point())

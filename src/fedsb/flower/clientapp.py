@@ -36,6 +36,7 @@ from fedsb.config import RunConfig, from_dict, validate
 from fedsb.core.client import ClientTrainer, train_client
 from fedsb.core.federation import Federation, build_federation, client_init_message, scheduled_clients
 from fedsb.core.personal import client_test_shares
+from fedsb.core.validation import all_finite
 from fedsb.devices import client_rng
 from fedsb.errors import FedsbError
 from fedsb.flower.records import array_record, dumps, from_record, record_int, to_record
@@ -324,7 +325,9 @@ def local_round(node: Node, context: Context, payload: dict[str, Tensor], base_a
 def save_local(node: Node, context: Context) -> None:
     names = node.fed.method.local_names(node.fed.adapted)
     if names:
-        context.state[STATE_LOCAL] = to_record(node.fed.adapted.get_state(names), "float32")
+        mine = node.fed.adapted.get_state(names)
+        if all_finite(mine):  # a diverged round leaves the node's personal tensors as they were
+            context.state[STATE_LOCAL] = to_record(mine, "float32")
 
 
 def node_refusal(node: Node, context: Context, rnd: int) -> str | None:

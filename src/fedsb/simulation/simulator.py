@@ -29,7 +29,7 @@ from fedsb.core.federation import Federation, build_federation, initialise_adapt
 from fedsb.core.personal import client_test_shares, personal_columns, personalised_metrics
 from fedsb.core.rounds import BaseVersions, cached, complete_row, gated_rounds, round_row, server_step
 from fedsb.core.summary import run_summary
-from fedsb.core.validation import UpdateValidator
+from fedsb.core.validation import UpdateValidator, all_finite
 from fedsb.devices import client_rng
 from fedsb.methods.base import ClientUpdate, ServerState
 
@@ -122,6 +122,13 @@ class Simulator:
             return out
         assert self.state is not None
         payload = to_wire(fed.method.broadcast(self.state), self.comm.wire_dtype)
+        if self.state.round > 0:
+            # Only the clients hold their models: a deployment sends each one the broadcast to evaluate (metered as
+            # Flower's client evaluation is) without changing what it holds for training. Before round 1 every
+            # client holds the common start, which the server scores itself.
+            residual = cached(fed.adapted.residual_state)
+            self.comm.record_evaluate([self.versions.download(c, payload, self.state.round, residual, fed.method)
+                                       for c in range(len(fed.shards))])
         common, own = [], []
         for c, share in enumerate(self.client_test_shares()):
             self.load_client(c, payload)
@@ -155,7 +162,9 @@ class Simulator:
                 method.prepare_client(fed, c, round_idx)
                 metrics = self.trainer(fed, c, round_idx, sched_offset)
             if local:
-                self.local_state[c] = fed.adapted.get_state(local)
+                mine = fed.adapted.get_state(local)
+                if all_finite(mine):  # a diverged round leaves the client's personal tensors as they were
+                    self.local_state[c] = mine
             up = to_wire(method.client_update(fed.adapted), self.comm.wire_dtype)
             updates.append(ClientUpdate(str(c), up, len(fed.shards[c]), metrics))
             if bar is not None:

@@ -5,6 +5,7 @@ value, uploads are the products s_i H_i of whole heads, payload sizes equal the 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -301,3 +302,15 @@ def test_config_path_builds_the_stacked_rank() -> None:
     cfg = tiny_config("tiny-bert", "ravan", adapter={"rank": 6}, method_options={"heads": 9})
     fed = tiny_federation("tiny-bert", "ravan", adapter={"rank": 6}, method_options={"heads": 9})
     assert cfg.adapter.rank == 6 and fed.adapted.rank == 18 and next(iter(fed.adapted.layers.values())).head_rank == 2
+
+
+@pytest.mark.parametrize("heads", [1, 4, 9])
+def test_analytic_one_time_follows_the_number_of_heads(heads: int) -> None:
+    """The summary's formula counts sqrt(h) r (d_in + d_out) per layer for this run's h, as the ledger does."""
+    from fedsb.core.summary import analytic_one_time
+
+    fed = tiny_federation("tiny-bert", "ravan", adapter={"rank": 6}, train=TRAIN, method_options={"heads": heads})
+    sim = Simulator(fed.cfg, fed=fed, progress=False)
+    sim.initialise()
+    bases = sum(math.isqrt(heads) * 6 * (d.d_in + d.d_out) for d in layer_dims(fed))
+    assert analytic_one_time(fed)["download_params"] == sim.one_time["broadcast_params_per_client"] == bases

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import torch
 
-from fedsb.comm.accounting import CommLedger, LayerDims, dtype_bytes, one_time_params, round_params
+from fedsb.comm.accounting import CommLedger, LayerDims, dtype_bytes, round_params
 from fedsb.config import RunConfig
 from fedsb.core.client import ClientTrainer
 from fedsb.core.federation import Federation, layer_shapes
@@ -40,7 +40,7 @@ def analytic_round_params(fed: Federation, k: int) -> tuple[int, int]:
 def analytic_one_time(fed: Federation) -> dict[str, int]:
     """One-time costs per client from the formulas: B/A broadcast and the configured init source's upload."""
     cfg = fed.cfg
-    down = one_time_params(cfg.method, cfg.adapter.rank, layer_dims(fed))["download"]
+    down = fed.method.one_time_download(cfg.adapter.rank, [(d.d_out, d.d_in) for d in layer_dims(fed)])
     if not fed.method.gradient_init:
         return {"download_params": down, "upload_params": 0, "upload_bytes": 0}
     rank = cfg.init.lowrank_rank or default_lowrank_rank(cfg.adapter.rank, cfg.init.lowrank_bits)

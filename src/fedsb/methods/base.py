@@ -134,6 +134,11 @@ class Method(ABC):
         """Parameters broadcast once at setup for one layer (Fed-SB's B and A). Default: none."""
         return 0
 
+    def one_time_download(self, r: int, dims: list[tuple[int, int]]) -> int:
+        """Parameters broadcast once per client for layers of ``(d_out, d_in)``, under this instance's options
+        (the class formula by default; RAVAN's depends on its ``heads``)."""
+        return sum(self.layer_one_time_download(r, d_out, d_in) for d_out, d_in in dims)
+
     @classmethod
     def default_lr(cls, rank: int) -> float:
         """Learning rate of the trained adapter tensors when ``train.lr`` is unset (calibrated on the default task)."""

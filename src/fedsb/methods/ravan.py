@@ -143,6 +143,10 @@ class RAVAN(Method):
         # heads * r_h = sqrt(heads) * r columns of B and rows of A; the formula assumes the default heads.
         return math.isqrt(RavanOptions().heads) * r * (d_in + d_out)
 
+    def one_time_download(self, r: int, dims: list[tuple[int, int]]) -> int:
+        # heads * r_h = sqrt(heads) * r columns of B and rows of A, for this run's number of heads
+        return sum(math.isqrt(self.options.heads) * r * (d_in + d_out) for d_out, d_in in dims)
+
     @classmethod
     def default_lr(cls, rank: int) -> float:
         # The paper's best RAVAN rates are 1-10x below Fed-SB's; a third of Fed-SB's default, shrinking above r = 16

@@ -175,3 +175,23 @@ def test_methods_all_and_tune_lr_arguments() -> None:
     assert spec.methods == list(METHODS) and spec.tune_lr == [0.3, 1.0, 3.0]
     with pytest.raises(UsageError, match="positive multipliers"):
         split_compare_args(["--tune-lr", "0,1"])
+
+
+def test_lr_from_reuses_an_earlier_tuning(tmp_path: Path) -> None:
+    """--lr-from runs every variant at the rate an earlier --tune-lr chose, and refuses a file that lacks one."""
+    tuning = tmp_path / "tuning.json"
+    tuning.write_text(json.dumps({"chosen": {"fedit r=4": 0.0123, "ffa-lora r=4": 0.0456}}))
+    _, _, spec, _ = split_compare_args(["--methods", "fedit,ffa-lora", "--lora-rank", "4", "--seeds", "1",
+                                        "--lr-from", str(tuning)])
+    cfg = tiny_config(out=str(tmp_path / "t"), federation={"rounds": 1})
+    rows = compare(cfg, spec, progress=False)
+    assert {r["method"]: r["lr"] for r in rows} == pytest.approx({"fedit": 0.0123, "ffa-lora": 0.0456})
+    assert json.loads((tmp_path / "t" / "tuning-reused.json").read_text())["reused_from"] == str(tuning)
+    _, _, spec, _ = split_compare_args(["--methods", "fedit,flora", "--lora-rank", "4", "--lr-from", str(tuning)])
+    with pytest.raises(UsageError, match="no tuned rate for flora r=4"):
+        compare(tiny_config(out=str(tmp_path / "u")), spec, progress=False)
+    assert not (tmp_path / "u").exists()  # refused before anything is written
+    for bad in ["--lr-from", str(tmp_path / "none.json")], ["--lr-from", "x", "--tune-lr", "1,3"]:
+        with pytest.raises(UsageError, match="--lr-from"):
+            _, _, spec, _ = split_compare_args(bad)
+            compare(tiny_config(out=str(tmp_path / "v")), spec, progress=False)

@@ -18,6 +18,7 @@ import copy
 import csv
 import difflib
 import io
+import json
 import math
 import multiprocessing as mp
 import os
@@ -49,7 +50,7 @@ from fedsb.tasks import load_task
 from fedsb.tasks.base import TaskData
 
 COMPARE_FLAGS = ("--overwrite", "--no-progress", "--debug")
-COMPARE_KEYS = ("methods", "fedsb-ranks", "lora-rank", "seeds", "workers", "tune-lr")
+COMPARE_KEYS = ("methods", "fedsb-ranks", "lora-rank", "seeds", "workers", "tune-lr", "lr-from")
 DEFAULT_METHODS = tuple(METHODS)
 DEFAULT_FEDSB_RANKS = (4, 8, 16)
 DEFAULT_LORA_RANK = 8
@@ -70,6 +71,9 @@ class CompareSpec:
     #: Learning-rate multipliers of each method's default to try on a validation slice of the training data
     #: (``task.evaluate_on = validation``, first seed) before the runs; the best one is used. Empty = defaults.
     tune_lr: list[float] = field(default_factory=list)
+    #: A ``tuning.json`` written by an earlier ``--tune-lr`` comparison: reuse its chosen rates (another split of
+    #: the same task, say) instead of tuning again. None = no reuse.
+    lr_from: str | None = None
 
     def variants(self) -> list[tuple[str, int]]:
         """(method, rank) pairs in table order."""
@@ -124,6 +128,10 @@ def parse_spec(values: dict[str, str]) -> CompareSpec:
         if not factors or any(not 0 < f < 1e3 for f in factors):
             raise UsageError(f"--tune-lr needs positive multipliers, e.g. --tune-lr 0.3,1,3; got {values['tune-lr']!r}")
         spec.tune_lr = factors
+    if "lr-from" in values:
+        if "tune-lr" in values:
+            raise UsageError("--lr-from reuses the rates an earlier --tune-lr chose; pass one of the two, not both")
+        spec.lr_from = values["lr-from"]
     if "workers" in values:
         workers = _int_list("workers", values["workers"])
         if len(workers) != 1:
@@ -534,6 +542,26 @@ def tune_learning_rates(cfg: RunConfig, spec: CompareSpec, out: Path, workers: i
     return best_lr
 
 
+def reuse_learning_rates(spec: CompareSpec, path: Path) -> tuple[dict[tuple[str, int], float | None], dict[str, Any]]:
+    """The rates an earlier ``--tune-lr`` chose (its ``tuning.json``) for every variant of ``spec``, and the file's
+    content (copied next to the results as ``tuning-reused.json``, so the table says where its rates came from)."""
+    fix = "pass the tuning.json an earlier `fedsb compare --tune-lr` wrote"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        chosen = {str(k): float(v) for k, v in data["chosen"].items()}
+    except FileNotFoundError:
+        raise UsageError(f"--lr-from: {str(path)!r} not found; {fix}") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise UsageError(f"--lr-from: {str(path)!r} is not a tuning.json with a 'chosen' table; {fix}") from None
+    missing = [f"{m} r={r}" for m, r in spec.variants() if f"{m} r={r}" not in chosen]
+    if missing:
+        raise UsageError(f"--lr-from: {str(path)!r} has no tuned rate for {', '.join(missing)}; tune them with --tune-lr "
+                         "or drop them from --methods")
+    if any(not (v > 0 and math.isfinite(v)) for v in chosen.values()):
+        raise UsageError(f"--lr-from: {str(path)!r} holds a rate that is not a positive number; {fix}")
+    return {(m, r): chosen[f"{m} r={r}"] for m, r in spec.variants()}, {**data, "reused_from": str(path)}
+
+
 # --- the command ---------------------------------------------------------------------------------------------
 def default_workers(n_runs: int) -> int:
     """One worker per core (at most 4), never more than there are runs."""
@@ -569,11 +597,18 @@ def compare(
         cfg.eval.every = cfg.federation.rounds  # only the final accuracy enters the table
     if cfg.eval.personal == "auto":
         cfg.eval.personal = "on"  # every method gets the own-share and worst-client columns
+    lrs: dict[tuple[str, int], float | None] = dict.fromkeys(variants)
+    reused = None
+    if spec.lr_from:  # checked before anything is written
+        lrs, reused = reuse_learning_rates(spec, Path(spec.lr_from))
     rundir = RunDir.create(out, overwrite=overwrite)
     header = describe(cfg, seeds, workers)
-    lrs: dict[tuple[str, int], float | None] = dict.fromkeys(variants)
     if spec.tune_lr:
         lrs = tune_learning_rates(cfg, spec, rundir.path, workers, console, progress)
+    elif reused is not None:
+        write_json(rundir.path / "tuning-reused.json", reused)
+        console.print(f"[bold]fedsb compare[/bold]: learning rates from {spec.lr_from} "
+                      + ", ".join(f"{m} r={r}: {lr:.3g}" for (m, r), lr in lrs.items() if lr is not None))
     console.print(f"[bold]fedsb compare[/bold]: {len(variants)} method/rank variants x {len(seeds)} seeds = {n_runs} runs; "
                   f"{header}")
     jobs: list[Job] = [(i, m, r, s, str(rundir.path / "runs" / f"{m}-r{r}-s{s}"), lrs[(m, r)], False)

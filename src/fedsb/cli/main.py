@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--workers", help="parallel runs (processes; default: one per core, at most 4)")
     c.add_argument("--tune-lr", metavar="F1,F2,...", help="first tune each method's learning rate: its default times each "
                    "multiplier, scored on a validation slice of the training data (e.g. 0.3,1,3)")
+    c.add_argument("--lr-from", metavar="TUNING_JSON", help="reuse the rates an earlier --tune-lr chose (its tuning.json), "
+                   "e.g. for another split of the same task")
     c.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.add_argument("--KEY", metavar="VALUE", help="override any config key, as in `fedsb run`")

@@ -370,13 +370,14 @@ def human_params(n: float) -> str:
     return f"{n:.0f}"
 
 
-TABLE_HEADERS = ["method", "rank", "seeds", "accuracy (mean ± std)", "own share", "worst client", "up params", "down params", "up bytes", "down bytes",
+TABLE_HEADERS = ["method", "rank", "lr", "seeds", "accuracy (mean ± std)", "own share", "worst client", "up params", "down params", "up bytes", "down bytes",
                  "one-time bytes", "wall s"]
 
 
 def table_cells(row: dict[str, Any]) -> list[str]:
     return [
-        row["method"] + (" (personal)" if row.get("personalised") else ""), str(row["rank"]), str(row["seeds"]),
+        row["method"] + (" (personal)" if row.get("personalised") else ""), str(row["rank"]),
+        "-" if row.get("lr") is None else f"{row['lr']:.3g}", str(row["seeds"]),
         f"{row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f}",
         *("-" if row.get(k) is None else f"{row[k]:.4f}" for k in ("own_share_accuracy_mean", "worst_client_accuracy_mean")),
         human_params(row["upload_params"]), human_params(row["download_params"]), human_bytes(row["upload_bytes"]),

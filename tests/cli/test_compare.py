@@ -195,3 +195,30 @@ def test_lr_from_reuses_an_earlier_tuning(tmp_path: Path) -> None:
         with pytest.raises(UsageError, match="--lr-from"):
             _, _, spec, _ = split_compare_args(bad)
             compare(tiny_config(out=str(tmp_path / "v")), spec, progress=False)
+
+
+def test_resume_keeps_finished_runs_and_refuses_other_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupted comparison (here: one run's summary missing) resumes with only the unfinished run, to the
+    same table; a resume with other settings, or together with --overwrite, is refused."""
+    import fedsb.cli.compare as cmp
+
+    cfg = tiny_config(out=str(tmp_path / "t"), federation={"rounds": 1})
+    spec = CompareSpec(methods=["fedit", "ffa-lora"], lora_rank=4, seeds=1, workers=1)
+    first = compare(cfg, spec, progress=False)
+    (tmp_path / "t" / "runs" / "ffa-lora-r4-s0" / "summary.json").unlink()  # killed before it finished
+    ran: list[str] = []
+    real = cmp.SharedModel.run
+
+    def spy(self, method, rank, seed, path, lr=None, validation=False):
+        ran.append(method)
+        return real(self, method, rank, seed, path, lr, validation)
+
+    monkeypatch.setattr(cmp.SharedModel, "run", spy)
+    again = compare(tiny_config(out=str(tmp_path / "t"), federation={"rounds": 1}), spec, progress=False, resume=True)
+    assert ran == ["ffa-lora"]
+    assert [(r["method"], r["accuracy_mean"]) for r in again] == [(r["method"], r["accuracy_mean"]) for r in first]
+    with pytest.raises(UsageError, match="other settings"):
+        compare(tiny_config(out=str(tmp_path / "t"), federation={"rounds": 2}), spec, progress=False, resume=True)
+    with pytest.raises(UsageError, match="--resume"):
+        compare(cfg, spec, progress=False, resume=True, overwrite=True)
+    assert ran == ["ffa-lora"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import difflib
 import io
 import json
@@ -49,7 +50,7 @@ from fedsb.simulation.simulator import Simulator
 from fedsb.tasks import load_task
 from fedsb.tasks.base import TaskData
 
-COMPARE_FLAGS = ("--overwrite", "--no-progress", "--debug")
+COMPARE_FLAGS = ("--overwrite", "--resume", "--no-progress", "--debug")
 COMPARE_KEYS = ("methods", "fedsb-ranks", "lora-rank", "seeds", "workers", "tune-lr", "lr-from")
 DEFAULT_METHODS = tuple(METHODS)
 DEFAULT_FEDSB_RANKS = (4, 8, 16)
@@ -262,6 +263,33 @@ def _worker(cfg: RunConfig, jobs: Any, results: Any, plugins: list[str]) -> None
         results.put(("error", f"{type(e).__name__}: {e}" if not isinstance(e, FedsbError) else str(e)))
 
 
+def finished_run(job: Job) -> RunResult | None:
+    """The result of ``job`` if an earlier, interrupted comparison completed it (``--resume``): its run directory
+    holds a ``summary.json`` (written last) for the same method, rank, seed and learning rate."""
+    _, method, rank, seed, path, lr, _ = job
+    try:
+        summary = json.loads((Path(path) / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    same = (isinstance(summary, dict) and summary.get("method") == method and summary.get("seed") == seed
+            and summary.get("rank") == rank and (lr is None or math.isclose(float(summary.get("lr") or 0.0), lr)))
+    return RunResult(method, rank, seed, summary, Path(path)) if same else None
+
+
+def run_or_reuse(cfg: RunConfig, jobs: list[Job], workers: int, on_result: Callable[[RunResult], None],
+                 resume: bool) -> None:
+    """:func:`run_jobs`, after handing ``on_result`` the jobs an interrupted comparison finished (``resume``)."""
+    todo = []
+    for j in jobs:
+        done = finished_run(j) if resume else None
+        if done is not None:
+            on_result(done)
+        else:
+            todo.append(j)
+    if todo:
+        run_jobs(cfg, todo, min(workers, len(todo)), on_result)
+
+
 def run_jobs(cfg: RunConfig, jobs: list[Job], workers: int, on_result: Callable[[RunResult], None]) -> None:
     """Run ``jobs`` in this process (``workers == 1``) or in ``workers`` spawned processes."""
     if workers == 1:
@@ -465,7 +493,7 @@ TUNE_EXTENSIONS = 2  # extra rates tried past a grid edge that wins (each one gr
 
 
 def tune_learning_rates(cfg: RunConfig, spec: CompareSpec, out: Path, workers: int, console: Console,
-                        progress: bool) -> dict[tuple[str, int], float | None]:
+                        progress: bool, resume: bool = False) -> dict[tuple[str, int], float | None]:
     """Each (method, rank) at ``base_lr x f`` for every ``f`` in ``spec.tune_lr``, scored on a validation slice of
     the training data (first seed; the test split is never read); returns the best rate of each variant (ties:
     the multiplier closest to 1). A variant whose best rate sits on an edge of the grid is tried one grid step
@@ -501,7 +529,7 @@ def tune_learning_rates(cfg: RunConfig, spec: CompareSpec, out: Path, workers: i
     step_down = grid[1] / grid[0] if len(grid) > 1 else 3.0
     try:
         while todo:
-            run_jobs(cfg, trial_jobs(todo), workers, on_result)
+            run_or_reuse(cfg, trial_jobs(todo), workers, on_result, resume)
             todo = []
             for v in variants:
                 tried = sorted(t[1] for t in scores[v])
@@ -576,6 +604,7 @@ def compare(
     progress: bool = True,
     eval_every_set: bool = False,
     console: Console | None = None,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
     """Run the comparison; returns the table rows (also written under the output directory).
 
@@ -602,10 +631,27 @@ def compare(
     reused = None
     if spec.lr_from:  # checked before anything is written
         lrs, reused = reuse_learning_rates(spec, Path(spec.lr_from))
-    rundir = RunDir.create(out, overwrite=overwrite)
+    # What a resumed comparison must repeat: everything but the parallelism (workers and their threads).
+    settings = {"config": cfg.to_dict(), "spec": dataclasses.asdict(spec) | {"workers": None}}
+    settings["config"]["train"]["threads"] = None
+    if overwrite and resume:
+        raise UsageError("--resume continues a comparison and --overwrite replaces it; pass one of the two")
+    if resume and out.is_dir():
+        try:
+            before = json.loads((out / "compare-settings.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise UsageError(f"--resume: {str(out)!r} holds no compare-settings.json; it was not started by "
+                             "`fedsb compare` (or by an older version): use --overwrite or another --out") from None
+        if before != json.loads(json.dumps(settings)):
+            raise UsageError(f"--resume: {str(out)!r} was started with other settings; repeat its command exactly, "
+                             "or use --overwrite or another --out")
+        rundir = RunDir(out)
+    else:
+        rundir = RunDir.create(out, overwrite=overwrite)
+    write_json(rundir.path / "compare-settings.json", settings)
     header = describe(cfg, seeds, workers)
     if spec.tune_lr:
-        lrs = tune_learning_rates(cfg, spec, rundir.path, workers, console, progress)
+        lrs = tune_learning_rates(cfg, spec, rundir.path, workers, console, progress, resume)
     elif reused is not None:
         write_json(rundir.path / "tuning-reused.json", reused)
         console.print(f"[bold]fedsb compare[/bold]: learning rates from {spec.lr_from} "
@@ -631,7 +677,7 @@ def compare(
         write_report(rundir.path, summarise(results, spec), results, header, time.perf_counter() - t_start)
 
     try:
-        run_jobs(cfg, jobs, workers, on_result)
+        run_or_reuse(cfg, jobs, workers, on_result, resume)
     finally:
         bar.close()
     wall, cpu = time.perf_counter() - t_start, cpu_seconds() - cpu_start

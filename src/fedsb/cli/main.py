@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--lr-from", metavar="TUNING_JSON", help="reuse the rates an earlier --tune-lr chose (its tuning.json), "
                    "e.g. for another split of the same task")
     c.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    c.add_argument("--resume", action="store_true", help="continue an interrupted comparison in --out: finished runs "
+                   "are kept, the others run (the command must be the same)")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     c.add_argument("--KEY", metavar="VALUE", help="override any config key, as in `fedsb run`")
     return p
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = resolve(config, overrides, load_presets())
             method_options(cfg.method, cfg.method_options, cfg)  # an unknown method or option fails here, before any model loads
             compare(cfg, spec, overwrite="--overwrite" in flags, progress="--no-progress" not in flags,
-                    eval_every_set=eval_every_given(config, overrides))
+                    eval_every_set=eval_every_given(config, overrides), resume="--resume" in flags)
             return 0
         args, extra = parser.parse_known_args(argv)
         if extra:

@@ -80,7 +80,9 @@ class ModelConfig(Section):
 class TaskConfig(Section):
     section = "task"
     name: str = "intent_recognition"  # builtin task name, or a format when `path` is given
-    path: str | None = None  # local data file (BIG-bench task.json, JSON/JSONL)
+    # local data file (BIG-bench task.json, JSON/JSONL), a folder with train/test files, or a suite: a folder of
+    # such folders, loaded as one task whose examples are tagged with their sub-folder (their source)
+    path: str | None = None
     format: Literal["auto", "bigbench", "jsonl", "commonsense", "gsm8k", "metamath", "nli"] = "auto"
     prompt_field: str = "prompt"  # generic JSONL
     response_field: str = "response"  # generic JSONL
@@ -89,6 +91,10 @@ class TaskConfig(Section):
     max_length: Int = Field(default=64, ge=8)
     test_fraction: Float = Field(default=0.2, gt=0, le=1)  # held-out share when the data has no test split
     max_test_examples: Int | None = Field(default=None, ge=1)
+    # at most this many training / test examples per source (sub-folder of a suite; a plain task is one source):
+    # a fixed subsample (split seed 0, not the run seed), so every method and seed sees the same examples
+    max_train_per_source: Int | None = Field(default=None, ge=1)
+    max_test_per_source: Int | None = Field(default=None, ge=1)
     # validation: score on a held-out slice of the training pool instead of the test split (for tuning)
     evaluate_on: Literal["test", "validation"] = "test"
     validation_fraction: Float = Field(default=0.15, gt=0, lt=1)
@@ -130,9 +136,12 @@ class FederationConfig(Section):
     clients: Int = Field(default=3, ge=1)
     rounds: Int = Field(default=5, ge=1)
     fraction: Float = Field(default=1.0, gt=0, le=1)  # share of clients sampled per round
-    partition: Literal["iid", "dirichlet", "shards"] = "dirichlet"
+    # source: by data set (task.path a suite): source s lives on client s mod clients (see source_home_share)
+    partition: Literal["iid", "dirichlet", "shards", "source"] = "dirichlet"
     dirichlet_alpha: Float = Field(default=0.5, gt=0)
     shards_per_client: Int = Field(default=2, ge=1)
+    # partition = "source": share of a source's examples kept on its home client; the rest spread uniformly
+    source_home_share: Float = Field(default=0.8, gt=0, le=1)
     weighting: Literal["examples", "uniform"] = "examples"  # examples: p_i = n_i / sum n
     min_clients: Int = Field(default=1, ge=1)  # a round is skipped when fewer valid updates arrive
     # Bounded client influence (docs "Failure handling"; fedsb.core.validation). Each update's change from what was

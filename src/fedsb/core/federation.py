@@ -153,7 +153,7 @@ def assemble_federation(cfg: RunConfig, loaded: LoadedModel, task: TaskData) -> 
     labels = [e.label if e.label is not None else 0 for e in pool]
     idx = partition_indices(
         labels, cfg.federation.clients, cfg.federation.partition, cfg.seed, cfg.federation.dirichlet_alpha,
-        cfg.federation.shards_per_client,
+        cfg.federation.shards_per_client, [e.meta.get("source") for e in pool], cfg.federation.source_home_share,
     )
     shards = [[pool[i] for i in part] for part in idx]
     return Federation(cfg, loaded, adapted, task, objective, shards, method, device, public)

@@ -260,22 +260,30 @@ class CausalLMObjective(Objective):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, examples: list[Example], batch_size: int, progress: bool = False,
                  desc: str = "eval") -> dict[str, float]:
+        """``accuracy`` (over all examples) and ``loss``; when the examples come from more than one source
+        (``meta["source"]``, a suite of data sets), also ``accuracy/<source>`` for each and ``accuracy_macro``,
+        their unweighted mean (the paper's "average over the test sets")."""
         was_training = model.training
         model.eval()
         mode = self.mode_for(examples)
-        correct, loss_sum, loss_tokens = 0, 0.0, 0
+        # Batches of similar prompt lengths waste less compute on padding (a row's scores do not depend on its
+        # batch-mates: left padding with explicit positions); hits are put back in the examples' order.
+        order = sorted(range(len(examples)), key=lambda j: len(self.prompt_ids(examples[j])))
+        ordered = [examples[j] for j in order]
+        hits: list[int] = []  # per example of `ordered`
+        loss_sum, loss_tokens = 0.0, 0
         try:
-            for i in tqdm(range(0, len(examples), batch_size), desc=desc, leave=False, disable=not progress, unit="batch"):
-                chunk = examples[i : i + batch_size]
+            for i in tqdm(range(0, len(ordered), batch_size), desc=desc, leave=False, disable=not progress, unit="batch"):
+                chunk = ordered[i : i + batch_size]
                 if mode == "likelihood":
                     for e, s in zip(chunk, self.score_choices(model, chunk), strict=True):
                         assert e.choices is not None and e.label is not None
-                        correct += int(max(range(len(s)), key=s.__getitem__) == e.label)
+                        hits.append(int(max(range(len(s)), key=s.__getitem__) == e.label))
                         loss_sum -= s[e.label]
                         loss_tokens += len(self.response_ids(e.choices[e.label]))
                 else:
                     for e, g in zip(chunk, self.generate(model, chunk), strict=True):
-                        correct += int(is_correct(g, e.answer or e.response or "", e.meta.get("answer_type", "exact")))
+                        hits.append(int(is_correct(g, e.answer or e.response or "", e.meta.get("answer_type", "exact"))))
                     with_resp = [e for e in chunk if e.response is not None]
                     if with_resp:
                         logp, valid = self.token_logprobs(model, self.collate(with_resp))
@@ -284,7 +292,21 @@ class CausalLMObjective(Objective):
         finally:
             model.train(was_training)
         n = max(len(examples), 1)
-        metrics = {"accuracy": correct / n}
+        metrics = {"accuracy": sum(hits) / n}
         if loss_tokens:
             metrics["loss"] = loss_sum / loss_tokens
+        metrics.update(per_source_accuracy(ordered, hits))
         return metrics
+
+
+def per_source_accuracy(examples: list[Example], hits: list[int]) -> dict[str, float]:
+    """``accuracy/<source>`` per source and their unweighted mean ``accuracy_macro``; empty unless the examples
+    come from at least two sources (examples without one count as the source ``unknown``)."""
+    by: dict[str, list[int]] = {}
+    for e, h in zip(examples, hits, strict=True):
+        by.setdefault(e.meta.get("source", "unknown"), []).append(h)
+    if len(by) < 2:
+        return {}
+    out = {f"accuracy/{s}": sum(v) / len(v) for s, v in sorted(by.items())}
+    out["accuracy_macro"] = sum(out.values()) / len(by)
+    return out

@@ -3,24 +3,33 @@
 :func:`load_task` is the entry point. A BIG-bench multiple-choice file for a classifier is read directly;
 everything else (causal LMs, other formats) goes through :func:`load`.
 
-``task.path`` may be a file (JSON list or JSONL; BIG-bench ``task.json``) or a directory holding
-``train.json[l]`` and/or ``test.json[l]`` (or ``validation``/``dev``). Without ``task.path``, ``task.name``
-is a builtin, a short hub alias (gsm8k, metamathqa, snli, mnli, commonsense170k) or any hub dataset id
-(needs the network, or a copy in the local ``datasets`` cache). ``task.format = auto`` recognises the
-format from the fields of the first record.
+``task.path`` may be a file (JSON list or JSONL; BIG-bench ``task.json``), a directory holding
+``train.json[l]`` and/or ``test.json[l]`` (or ``validation``/``dev``), or a *suite*: a directory of such
+directories (the LLM-Adapters commonsense folder: ARC-Challenge, boolq, ...). A suite is one task: its train
+split is the union of the sub-folders' train splits, its test split the union of their test splits (a
+sub-folder with one split contributes only that one; nothing is carved out of it), and every example carries
+``meta["source"]`` = its sub-folder's name. Without ``task.path``, ``task.name`` is a builtin, a short hub
+alias (gsm8k, metamathqa, snli, mnli, commonsense170k) or any hub dataset id (needs the network, or a copy in
+the local ``datasets`` cache). ``task.format = auto`` recognises the format from the fields of the first
+record (of each sub-folder, for a suite).
+
+``task.max_train_per_source`` / ``task.max_test_per_source`` keep a fixed random subset of each source (a
+task without sources is one source), drawn with :data:`SUBSAMPLE_SEED`, not the run seed: a benchmark's
+methods and seeds all train and test on the same examples.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedsb.config import TaskConfig
-from fedsb.errors import FedsbError
+from fedsb.errors import FedsbError, UsageError
 from fedsb.tasks import commonsense, generic, math_tasks, nli
 from fedsb.tasks.base import Example, TaskData, TaskKind
 from fedsb.tasks.bigbench import read_bigbench
@@ -38,6 +47,13 @@ HUB_ALIASES: dict[str, tuple[str, str | None, str, str]] = {
     "mnli": ("nyu-mll/glue", "mnli", "nli", "validation_matched"),
     "commonsense170k": ("zwhe99/commonsense_170k", None, "commonsense", "test"),
 }
+# Task names that only exist as local data: without task.path they are refused with this hint.
+LOCAL_ONLY: dict[str, str] = {
+    "llm-adapters-commonsense": "the LLM-Adapters commonsense folder: one sub-folder per data set (ARC-Challenge, boolq, "
+                                "...) with train.json and/or test.json",
+}
+# Seed of the per-source subsamples: fixed, so every run of a benchmark (any method, any seed) sees the same examples.
+SUBSAMPLE_SEED = 0
 FORMAT_FIELDS: list[tuple[str, tuple[str, ...]]] = [
     ("commonsense", ("instruction", "output", "answer")),
     ("gsm8k", ("question", "answer")),
@@ -53,6 +69,7 @@ class Splits:
     train: list[Record]
     test: list[Record]
     bigbench: Path | None = None
+    parts: list[Splits] | None = None  # a suite: one Splits per sub-folder (its name is the source)
 
 
 def detect_format(record: dict[str, Any], cfg: TaskConfig, where: str) -> str:
@@ -88,6 +105,8 @@ def gather(cfg: TaskConfig) -> Splits:
     """Raw train/test records (either may be empty) from ``task.path``, a builtin, or the hub."""
     if cfg.path is None and cfg.name in BUILTIN_TASKS:
         return Splits(cfg.name, [], [], bigbench=builtin_path(cfg.name))
+    if cfg.path is None and cfg.name in LOCAL_ONLY:
+        raise UsageError(f"task {cfg.name!r} needs its data: pass --task.path /path/to/commonsense ({LOCAL_ONLY[cfg.name]})")
     if cfg.path is None:
         hub_id, config, _, test_split = HUB_ALIASES.get(cfg.name, (cfg.name, None, cfg.format, "test"))
         splits = hub_records(hub_id, config)
@@ -101,12 +120,46 @@ def gather(cfg: TaskConfig) -> Splits:
             return Splits(p.name, [], [], bigbench=p / "task.json")
         files = split_files(p)
         if not files:
-            raise FedsbError(f"{p} holds no train.json[l] or test.json[l] (nor task.json); point task.path at a data file")
-        return Splits(p.name, read_records(files["train"]) if "train" in files else [],
-                      read_records(files["test"]) if "test" in files else [])
+            subs = suite_folders(p)
+            if subs:
+                return Splits(p.name, [], [], parts=[_read_split_files(d.name, split_files(d)) for d in subs])
+            raise FedsbError(f"{p} holds no train.json[l] or test.json[l] (nor task.json), directly or one level down; "
+                             "point task.path at a data file or a folder of data folders")
+        return _read_split_files(p.name, files)
     if p.suffix == ".json" and cfg.format in ("auto", "bigbench") and _is_bigbench(p):
         return Splits(p.parent.name if p.stem == "task" else p.stem, [], [], bigbench=p)
     return Splits(p.stem if p.stem not in ("train", "test") else p.parent.name, read_records(p), [])
+
+
+def suite_folders(p: Path) -> list[Path]:
+    """The sub-folders of ``p`` that hold split files, sorted by name (a suite's sources, in a fixed order)."""
+    return sorted((d for d in p.iterdir() if d.is_dir() and split_files(d)), key=lambda d: d.name)
+
+
+def _read_split_files(name: str, files: dict[str, Path]) -> Splits:
+    return Splits(name, read_records(files["train"]) if "train" in files else [],
+                  read_records(files["test"]) if "test" in files else [])
+
+
+def tag_source(examples: list[Example], source: str) -> list[Example]:
+    for e in examples:
+        e.meta["source"] = source
+    return examples
+
+
+def cap_per_source(examples: list[Example], cap: int | None, split: str) -> list[Example]:
+    """At most ``cap`` examples of each ``meta["source"]`` (examples without one form one source): a seeded subset
+    per source, drawn with :data:`SUBSAMPLE_SEED` and the source's name (never the run seed), kept in order."""
+    if cap is None:
+        return examples
+    by_source: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        by_source.setdefault(e.meta.get("source", ""), []).append(i)
+    keep: list[int] = []
+    for source, idx in by_source.items():
+        # a str seed is hashed with SHA-512 by random.Random: stable across processes (unlike hash())
+        keep += idx if len(idx) <= cap else random.Random(f"{SUBSAMPLE_SEED}/{split}/{source}").sample(idx, cap)
+    return [examples[i] for i in sorted(keep)]
 
 
 def _is_bigbench(p: Path) -> bool:
@@ -133,6 +186,8 @@ def convert_records(records: list[Record], cfg: TaskConfig, kind: TaskKind) -> l
 def load(cfg: TaskConfig, kind: TaskKind, seed: int) -> TaskData:
     """Train and test examples; a missing split is carved out of the other (``task.test_fraction``)."""
     splits = gather(cfg)
+    if splits.parts is not None:
+        return load_suite(splits, cfg, kind)
     if splits.bigbench is not None:
         if kind == "classification":
             raise FedsbError(f"{splits.bigbench}: BIG-bench files for a classifier are read by the core loader; set task.format = 'bigbench'")
@@ -148,14 +203,42 @@ def load(cfg: TaskConfig, kind: TaskKind, seed: int) -> TaskData:
             train, test = split_train_test(train or test, cfg.test_fraction, seed)
         if kind == "classification":
             labels = list(NLI_LABELS)
+    train = cap_per_source(train, cfg.max_train_per_source, "train")
+    test = cap_per_source(test, cfg.max_test_per_source, "test")
     if cfg.max_test_examples:
         test = test[: cfg.max_test_examples]
+    return TaskData(name=splits.name, kind=kind, train=train, test=test, labels=labels)
+
+
+def load_suite(splits: Splits, cfg: TaskConfig, kind: TaskKind) -> TaskData:
+    """A suite as one task: the union of its sub-folders' splits, each example tagged with its source.
+
+    Sources are read in sorted-name order, capped per source, then the union is shuffled with the fixed
+    :data:`SUBSAMPLE_SEED`: a prefix (``max_test_examples``, the public init slice) and iid's contiguous client
+    shards then mix the sources, and the order does not depend on the run seed."""
+    assert splits.parts is not None
+    train: list[Example] = []
+    test: list[Example] = []
+    for part in splits.parts:
+        train += cap_per_source(tag_source(convert_records(part.train, cfg, kind), part.name), cfg.max_train_per_source, "train")
+        test += cap_per_source(tag_source(convert_records(part.test, cfg, kind), part.name), cfg.max_test_per_source, "test")
+    if not train and not test:
+        raise FedsbError(f"task {splits.name!r} has no usable examples in its sub-folders; check task.path")
+    rng = random.Random(SUBSAMPLE_SEED)
+    rng.shuffle(train)
+    rng.shuffle(test)
+    if cfg.max_test_examples:
+        test = test[: cfg.max_test_examples]
+    labels = list(NLI_LABELS) if kind == "classification" else []
     return TaskData(name=splits.name, kind=kind, train=train, test=test, labels=labels)
 
 
 def load_eval_examples(cfg: TaskConfig, kind: TaskKind = "causal-lm", seed: int = 0) -> tuple[str, list[Example]]:
     """The evaluation examples of a task: its test split, or the whole file when it has no split."""
     splits = gather(cfg)
+    if splits.parts is not None:
+        return splits.name, [e for part in splits.parts
+                             for e in tag_source(convert_records(part.test or part.train, cfg, kind), part.name)]
     if splits.bigbench is not None:
         return splits.name, read_bigbench_instructions(splits.bigbench)[0]
     records = splits.test or splits.train
@@ -195,6 +278,8 @@ def _load_task(cfg: TaskConfig, kind: TaskKind, seed: int = 0) -> TaskData:
     if any(e.label is None for e in examples):
         raise FedsbError(f"{path} is a generative task; a classifier needs multiple choice (target_scores)")
     train, test = split_train_test(examples, cfg.test_fraction, seed)
+    train = cap_per_source(train, cfg.max_train_per_source, "train")
+    test = cap_per_source(test, cfg.max_test_per_source, "test")
     if cfg.max_test_examples:
         test = test[: cfg.max_test_examples]
     return TaskData(name=cfg.label, kind="classification", train=train, test=test, labels=labels)

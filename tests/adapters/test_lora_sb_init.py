@@ -61,7 +61,8 @@ def test_gradient_sums_equal_autograd_on_the_base_weight_and_record_nothing_else
 
 
 def test_federated_init_sets_b_a_r0_from_the_summed_client_gradients() -> None:
-    fed = tiny_federation("tiny-bert", init={"svd": "exact", "source": "federated"})  # the dense upload
+    # the dense upload; B, A, R0 exactly as the SVD gives them (a float32 one-time broadcast)
+    fed = tiny_federation("tiny-bert", init={"svd": "exact", "source": "federated", "broadcast_bits": 32})
     up = initialise_adapters(fed)
     d = sum(layer.d_in * layer.d_out for layer in fed.adapted.layers.values())
     assert up["upload_params"] == d and up["upload_bytes"] == 4 * d

@@ -57,7 +57,8 @@ def test_measured_payloads_equal_the_formulas(method: str, clients: int) -> None
 
 
 def test_summary_reports_comm_and_one_time_costs() -> None:
-    fed = tiny_federation("tiny-bert", "fed-sb", federation={"rounds": 1}, init={"source": "federated"})  # dense init upload
+    # dense init upload, float32 B/A broadcast (tests/comm/test_one_time.py has the other broadcast formats)
+    fed = tiny_federation("tiny-bert", "fed-sb", federation={"rounds": 1}, init={"source": "federated", "broadcast_bits": 32})
     res = Simulator(fed.cfg, fed=fed, progress=False).run()
     c = res.summary["comm"]
     per_layer = [(layer.d_out, layer.d_in) for layer in fed.adapted.layers.values()]

@@ -25,7 +25,7 @@ DEFAULTS = {
              "max_train_per_source": None, "max_test_per_source": None},
     "adapter": {"rank": 16, "alpha": None},
     "init": {"source": "federated-lowrank", "samples": 32, "eta": 0.001, "svd": "lowrank", "oversample": 8, "niter": 2,
-             "public_path": None, "batch_size": 16, "lowrank_rank": 0, "lowrank_bits": 8},
+             "public_path": None, "batch_size": 16, "lowrank_rank": 0, "lowrank_bits": 8, "broadcast_bits": 4},
     "federation": {"clients": 3, "rounds": 5, "fraction": 1.0, "partition": "dirichlet", "dirichlet_alpha": 0.5,
                    "shards_per_client": 2, "weighting": "examples", "min_clients": 1, "norm_factor": 2.0,
                    "max_change_norm": None, "max_examples_factor": 2.0, "init_norm_factor": 1.0,

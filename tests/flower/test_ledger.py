@@ -21,6 +21,7 @@ from fedsb.flower.clientapp import app as client_app
 from fedsb.flower.records import count
 from fedsb.flower.serverapp import serve
 from fedsb.flower.strategy import FedsbStrategy, FlowerOptions
+from fedsb.init.broadcast import expected_broadcast, layer_dims
 from fedsb.io.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from fedsb.simulation.simulator import Simulator
 from tests.flower.fakegrid import FakeGrid, crash_on_train_round
@@ -115,9 +116,11 @@ def test_simulator_and_flower_ledgers_are_equal_and_count_every_byte(method: str
     assert flower.resume_wire["wire_download_payload_bytes"] == flower.comm.resync_download_bytes
     if method in ("fedex-lora", "flora"):  # fraction 0.5: some node missed an increment and caught up
         assert flower.comm.catchup_download_bytes > 0
-    if method == "fed-sb":  # B and A travel in float32 whatever the wire dtype, at setup and again at the resume
-        one_time = sim.one_time["broadcast_params_per_client"]
-        assert sim.comm.one_time_download_bytes == sim.comm.resync_download_bytes == 3 * 4 * one_time
+    if method == "fed-sb":  # B and A: codes and scales at setup, whatever the wire dtype; the decoded float32 bases
+        one_time = sim.one_time["broadcast_params_per_client"]  # again at the resume
+        bits = sim.cfg.init.broadcast_bits
+        assert bits < 16 and sim.comm.one_time_download_bytes == 3 * expected_broadcast(layer_dims(sim.fed.adapted), bits).bytes
+        assert sim.comm.resync_download_bytes == 3 * 4 * one_time
 
 
 @pytest.mark.parametrize("method", ["fedex-lora", "flora"])

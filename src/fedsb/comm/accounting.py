@@ -14,8 +14,9 @@ flora       r (d_in + d_out)     k r (d_in + d_out) (the stacked factors)
 ==========  ===================  ===========================================
 
 A trainable head travels both ways for every method. One-time costs are reported separately: Fed-SB's
-B/A broadcast ``r (d_in + d_out)`` per layer and the init-gradient upload (``d_in d_out`` per layer for
-the dense federated init).
+B/A broadcast ``r (d_in + d_out)`` values per layer (4 bits each plus ``2 r`` float32 scales by default:
+``fedsb.init.broadcast``) and the init-gradient upload (``d_in d_out`` per layer for the dense federated init;
+``fedsb.init.sources`` for the others).
 """
 
 from __future__ import annotations
@@ -129,9 +130,10 @@ class CommLedger:
     - Rounds (``upload_*``, ``download_*``): each sampled client's download (broadcast in the wire dtype,
       the pending base increment only to a client that needs it, a float32 catch-up residual to one that
       missed increments; the catch-up share is also in ``catchup_download_*``) and each upload that arrived.
-    - One-time (``one_time_*``): the init upload and the one-time broadcast (Fed-SB's B and A, float32
-      whatever the wire dtype: a bf16 basis is no longer orthonormal).
-    - Resume (``resync_download_*``): the one-time tensors sent again to every client after a resume.
+    - One-time (``one_time_*``): the init upload and the one-time broadcast (Fed-SB's B and A in
+      ``init.broadcast_bits``, codes and scales counted exactly, whatever the round wire dtype).
+    - Resume (``resync_download_*``): the one-time tensors sent again to every client after a resume (the
+      decoded bases, float32: the server keeps no codes).
     - Client evaluation (``evaluate_download_*``, Flower's ``flower.client-eval``): what each node is sent to
       evaluate; not in the round totals.
     """
@@ -175,10 +177,11 @@ class CommLedger:
         self.upload_bytes += row["upload_bytes_round"]
         return row
 
-    def record_setup(self, init_upload: Size, one_time: dict[str, Tensor], clients: int) -> dict[str, int]:
+    def record_setup(self, init_upload: Size, one_time: dict[str, Tensor] | Size, clients: int) -> dict[str, int]:
         """Record the setup: every client's init upload (``init_upload`` each) and the one-time broadcast to
-        every client. Returns the per-client figures (``Simulator.one_time``)."""
-        down = size_of(one_time, "float32")
+        every client (``one_time``: its float32 tensors, or the size of its encoded message, see
+        :func:`fedsb.init.broadcast.broadcast_size`). Returns the per-client figures (``Simulator.one_time``)."""
+        down = one_time if isinstance(one_time, Size) else size_of(one_time, "float32")
         self.one_time_upload_params += init_upload.params * clients
         self.one_time_upload_bytes += init_upload.bytes * clients
         self.one_time_download_params += down.params * clients

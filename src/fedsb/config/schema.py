@@ -129,6 +129,9 @@ class InitConfig(Section):
     lowrank_rank: Int = Field(default=0, ge=0)
     # wire format of the federated-lowrank factors: 32 | 16 (float) | 8 | 4 | 2 (quantised, rotated)
     lowrank_bits: Int = Field(default=8, ge=2, le=32)
+    # wire format of the one-time B/A broadcast: 32 (float32) | 16 (float16) | 8 | 4 (per-column codes); below 32
+    # every party re-orthonormalises the decoded bases the same way and the server re-fits R0 to them
+    broadcast_bits: Literal[32, 16, 8, 4] = 4
 
 
 class FederationConfig(Section):

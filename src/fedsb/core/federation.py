@@ -15,9 +15,11 @@ import torch
 
 from fedsb.adapters.lora_sb_init import gradient_sums, lora_sb_init_from_directions
 from fedsb.adapters.model import AdaptedModel
+from fedsb.comm.accounting import size_of
 from fedsb.config import RunConfig
 from fedsb.core.training import Schedule, batch_stream
 from fedsb.errors import FedsbError
+from fedsb.init.broadcast import apply_broadcast, broadcast_size
 from fedsb.init.sources import Combiner, init_source_for
 from fedsb.methods import get_method, method_options
 from fedsb.methods.base import Method
@@ -196,8 +198,10 @@ def public_init_examples(fed: Federation) -> list[Example]:
 
 
 def initialise_adapters(fed: Federation, client_messages: Iterable[tuple[dict[str, torch.Tensor], int]] | None = None) -> dict[str, Any]:
-    """Server-side adapter initialisation; returns the one-time upload (bytes, params) per client and what
-    the server bounded (``clipped``: see :class:`fedsb.init.sources.Combiner`).
+    """Server-side adapter initialisation; returns the one-time upload (bytes, params) per client, what the
+    server bounded (``clipped``: see :class:`fedsb.init.sources.Combiner`) and, for LoRA-SB methods, the encoded
+    one-time message every client is sent (``broadcast``, Fed-SB's encoded B and A: see :mod:`fedsb.init.broadcast`)
+    and its size per client (``broadcast_size``, what the ledger records).
 
     LoRA-SB methods: combine the clients' init messages (``federated``) or the server's own gradient on
     public data (``public``) into ``dW``, then SVD into B, A, R0. LoRA methods: seeded standard init.
@@ -205,7 +209,9 @@ def initialise_adapters(fed: Federation, client_messages: Iterable[tuple[dict[st
     cfg = fed.cfg
     if not fed.method.gradient_init:
         fed.method.init_adapter(fed.adapted)
-        return {"upload_bytes": 0, "upload_params": 0, "clipped": []}
+        one_time = fed.adapted.get_state(fed.method.one_time_names(fed.adapted))  # RAVAN's B, A: float32
+        return {"upload_bytes": 0, "upload_params": 0, "clipped": [], "broadcast": one_time,
+                "broadcast_size": size_of(one_time, "float32")}
     source = init_source_for(cfg.init, cfg.adapter.rank, layer_shapes(fed), cfg.seed)
     # One client must not choose B and A (DESIGN §5.2). Under client-level DP the server already clips every
     # message to C, and its noise summand must keep its scale: no median clipping there.
@@ -224,4 +230,7 @@ def initialise_adapters(fed: Federation, client_messages: Iterable[tuple[dict[st
         combiner.add(source.encode(sums, n), n)
     directions = combiner.result()
     lora_sb_init_from_directions(fed.adapted, directions, cfg.init.svd, cfg.init.oversample, cfg.init.niter, cfg.seed)
-    return {"upload_bytes": up_bytes, "upload_params": up_params, "clipped": combiner.clipped}
+    # Every party, the server included, runs on the bases as decoded from the one-time broadcast.
+    broadcast = apply_broadcast(fed.adapted, cfg.init.broadcast_bits)
+    return {"upload_bytes": up_bytes, "upload_params": up_params, "clipped": combiner.clipped, "broadcast": broadcast,
+            "broadcast_size": broadcast_size(fed.adapted, broadcast, cfg.init.broadcast_bits)}

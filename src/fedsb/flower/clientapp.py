@@ -41,6 +41,7 @@ from fedsb.devices import client_rng
 from fedsb.errors import FedsbError
 from fedsb.flower.records import array_record, dumps, from_record, record_int, to_record
 from fedsb.flower.secagg import LEGACY_PARAMS, secagg_train, selective_secaggplus_mod
+from fedsb.init.broadcast import decode_bases, layer_dims
 from fedsb.methods.base import Method, is_base_update
 
 STATE_META, STATE_ONETIME, STATE_RESIDUAL, STATE_TRAINER = "fedsb", "fedsb.onetime", "fedsb.residual", "fedsb.trainer"
@@ -399,6 +400,11 @@ def sync(msg: Message, context: Context) -> Message:
         one_time = from_record(msg.content.array_records["onetime"], shapes=shapes, what="one-time broadcast")
         if set(one_time) != names:
             raise FedsbError("the one-time broadcast does not name this model's B/A tensors; server and node configs differ")
+        context.state[STATE_ONETIME] = to_record(one_time, "float32")
+    elif "onetime-encoded" in msg.content.array_records:  # B and A in init.broadcast_bits, decoded as the server did
+        what = "one-time broadcast"
+        encoded = from_record(array_record(msg.content, "onetime-encoded", what), raw=True, what=what)
+        one_time = decode_bases(encoded, layer_dims(node.fed.adapted), node.cfg.init.broadcast_bits, what)
         context.state[STATE_ONETIME] = to_record(one_time, "float32")
     return Message(content=RecordDict({"metrics": MetricRecord({"ok": 1})}), reply_to=msg)
 

@@ -96,6 +96,7 @@ class FedsbStrategy(Strategy):
         self.rows: list[dict[str, Any]] = []
         self.state: ServerState | None = None
         self.one_time: dict[str, int] = {}
+        self.one_time_message: dict[str, torch.Tensor] = {}  # the encoded one-time broadcast (setup's sync round)
         self.init_seconds = 0.0
         self.payload: dict[str, torch.Tensor] = {}
         self.node_of: dict[int, int] = {}  # partition id -> node id
@@ -196,8 +197,8 @@ class FedsbStrategy(Strategy):
             client_messages = self.dp.add_init_noise(client_messages)  # re-clipped and noised here
         up = initialise_adapters(fed, client_messages)
         self.init_seconds = time.perf_counter() - t0
-        one_time_down = fed.adapted.get_state(fed.method.one_time_names(fed.adapted))
-        self.one_time = self.comm.record_setup(Size(up["upload_params"], up["upload_bytes"]), one_time_down, len(fed.shards))
+        self.one_time_message = up["broadcast"]  # the encoded B and A the sync round sends (fedsb.init.broadcast)
+        self.one_time = self.comm.record_setup(Size(up["upload_params"], up["upload_bytes"]), up["broadcast_size"], len(fed.shards))
         self.state = fed.method.initial_state(fed.adapted)
         self.sync(grid, next_round=1)
         fed.method.load_adapter(fed.adapted, fed.method.broadcast(self.state))
@@ -218,7 +219,12 @@ class FedsbStrategy(Strategy):
         one_time = fed.adapted.get_state(fed.method.one_time_names(fed.adapted))
         if not one_time:
             return
-        msgs = [self._message(RecordDict({"onetime": to_record(one_time, "float32")}), n, SYNC) for n in self.node_of.values()]
+        # At setup the encoded broadcast (``onetime-encoded`` below 32 bits: packed codes and scales, decoded by the
+        # node as the server decoded them); after a resume the decoded float32 bases, since the server keeps no codes.
+        bits = self.cfg.init.broadcast_bits
+        encoded = not resume and fed.method.gradient_init and bits != 32
+        record = to_record(self.one_time_message, "float16" if bits == 16 else "float32") if encoded else to_record(one_time, "float32")
+        msgs = [self._message(RecordDict({"onetime-encoded" if encoded else "onetime": record}), n, SYNC) for n in self.node_of.values()]
         self._ok(grid.send_and_receive(msgs, timeout=self.options.timeout), "sync")
         if resume:  # at setup the ledger has it as the one-time broadcast already
             self.comm.record_resync(one_time, len(msgs))

@@ -11,7 +11,8 @@ class FedSB(Method):
 
     Exact: B and A are shared and frozen, so ``s B (sum p_i R_i) A = sum p_i s B R_i A``. Traffic per round
     is ``r^2`` per layer each way (plus the head), independent of the number of clients. B and A are
-    broadcast once at setup.
+    broadcast once at setup, in ``init.broadcast_bits`` (4 by default: ``fedsb.init.broadcast``); every party,
+    the server included, uses the same decoded bases, so the average stays exact.
     """
 
     name = "fed-sb"
@@ -30,7 +31,7 @@ class FedSB(Method):
 
     @classmethod
     def layer_one_time_download(cls, r: int, d_out: int, d_in: int) -> int:
-        return r * (d_in + d_out)
+        return r * (d_in + d_out)  # values; their bytes depend on init.broadcast_bits (fedsb.init.broadcast)
 
     @classmethod
     def default_lr(cls, rank: int) -> float:

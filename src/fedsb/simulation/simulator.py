@@ -91,8 +91,8 @@ class Simulator:
         up = initialise_adapters(fed, self.trainer.init_messages(fed))  # a DP trainer privatises the init upload
         self.init_seconds = time.perf_counter() - t0
         self.init_clipped = up["clipped"]
-        one_time_down = fed.adapted.get_state(fed.method.one_time_names(fed.adapted))
-        self.one_time = self.comm.record_setup(Size(up["upload_params"], up["upload_bytes"]), one_time_down, len(fed.shards))
+        # The one-time broadcast as encoded (Fed-SB's B and A in init.broadcast_bits): what a deployment sends.
+        self.one_time = self.comm.record_setup(Size(up["upload_params"], up["upload_bytes"]), up["broadcast_size"], len(fed.shards))
         self.state = fed.method.initial_state(fed.adapted)
         self.local_start = fed.adapted.get_state(fed.method.local_names(fed.adapted))
         return self.state

@@ -1,0 +1,91 @@
+"""benchmarks/commonsense.py: the pure parts (aggregation over seeds, the >= 10x traffic verdict, configs); no model."""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def cs():
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("commonsense_bench", BENCH / "commonsense.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def run_row(cs: Any, variant: str, method: str, split: str, seed: int, macro: float, total: float, init: float = 0.3) -> dict[str, Any]:
+    return {"variant": variant, "method": method, "rank": 8, "split": split, "seed": seed, "lr": 1e-3,
+            "accuracy_macro": macro, "initial_accuracy_macro": init,
+            **{f"acc_{s}": macro for s in cs.SOURCES}, **{f"initial_acc_{s}": init for s in cs.SOURCES},
+            "upload_bytes_per_client_round": total / 4, "download_bytes_per_client_round": total / 4,
+            "one_time_bytes_per_client": total / 2, "total_bytes_per_client": total, "seconds": 10.0}
+
+
+def test_aggregate_means_and_stds_over_seeds(cs) -> None:
+    rows = [run_row(cs, "fedit", "fedit", "iid", s, m, 100.0) for s, m in [(0, 0.4), (1, 0.5), (2, 0.9)]]
+    rows.append(run_row(cs, "fedit", "fedit", "source", 0, 0.2, 100.0))
+    agg = {(a["variant"], a["split"]): a for a in cs.aggregate(rows)}
+    iid = agg[("fedit", "iid")]
+    assert iid["seeds"] == 3
+    assert iid["accuracy_macro_mean"] == pytest.approx(statistics.mean([0.4, 0.5, 0.9]))
+    assert iid["accuracy_macro_std"] == pytest.approx(statistics.stdev([0.4, 0.5, 0.9]))
+    assert iid["acc_boolq"] == pytest.approx(0.6)
+    assert agg[("fedit", "source")]["accuracy_macro_std"] == 0.0  # one seed: no spread
+
+
+def test_base_row_comes_from_lora_round_zero_only(cs) -> None:
+    rows = [run_row(cs, "fed-sb-r16", "fed-sb", "iid", 0, 0.5, 10.0, init=0.9),
+            run_row(cs, "fedit", "fedit", "iid", 0, 0.5, 10.0, init=0.3),
+            run_row(cs, "flora", "flora", "iid", 1, 0.5, 10.0, init=0.3)]
+    (base,) = cs.base_rows(rows)
+    assert base["accuracy_macro_mean"] == pytest.approx(0.3)  # Fed-SB's post-init 0.9 is not the base model
+    assert base["seeds"] == 2
+
+
+@pytest.mark.parametrize(("sb_macro", "sb_bytes", "expected"), [
+    (0.60, 10.0, True),    # better and exactly 10x less traffic
+    (0.60, 11.0, False),   # better but only ~9.1x less
+    (0.50, 1.0, False),    # 100x less traffic but not better (ties do not count)
+])
+def test_verdict_needs_higher_accuracy_and_10x_less_traffic(cs, sb_macro: float, sb_bytes: float, expected: bool) -> None:
+    rows = [run_row(cs, "fed-sb-r16", "fed-sb", "source", 0, 0.40, 1.0),  # the weaker rank is not the best
+            run_row(cs, "fed-sb-r64", "fed-sb", "source", 0, sb_macro, sb_bytes),
+            run_row(cs, "fedit", "fedit", "source", 0, 0.50, 100.0),
+            run_row(cs, "ffa-lora", "ffa-lora", "source", 0, 0.45, 1000.0)]
+    v = cs.verdict(cs.aggregate(rows))["source"]
+    assert (v["fed_sb"], v["baseline"]) == ("fed-sb-r64", "fedit")
+    assert v["traffic_ratio"] == pytest.approx(100.0 / sb_bytes)
+    assert v["answer"] is expected
+
+
+def test_verdict_is_per_split(cs) -> None:
+    rows = [run_row(cs, "fed-sb-r16", "fed-sb", sp, 0, m, 1.0) for sp, m in [("source", 0.6), ("iid", 0.4)]]
+    rows += [run_row(cs, "fedit", "fedit", sp, 0, 0.5, 100.0) for sp in ("source", "iid")]
+    v = cs.verdict(cs.aggregate(rows))
+    assert v["source"]["answer"] and not v["iid"]["answer"]
+
+
+def test_configs_are_the_preset_with_the_run_keys_changed(cs) -> None:
+    for quick in (False, True):
+        for variant, (method, rank) in cs.variants([16, 64], 8).items():
+            for split in cs.SPLITS:
+                cfg = cs.build_config(method, rank, split, 1, "data", lr=2e-3, validation=True, quick=quick)
+                assert (cfg.method, cfg.adapter.rank, cfg.federation.partition, cfg.seed) == (method, rank, split, 1)
+                assert cfg.task.evaluate_on == "validation" and cfg.train.lr == 2e-3 and cfg.task.path == "data"
+                assert cfg.model.name == "smollm2" and cfg.eval.mode == "likelihood"
+                assert cfg.eval.every == cfg.federation.rounds  # round 0 and the end only
+                assert cfg.task.max_test_per_source == (2 if quick else 50), variant
+        assert cs.build_config("fedit", 8, "iid", 0, "d").task.evaluate_on == "test"

@@ -252,7 +252,9 @@ def write_all(args: argparse.Namespace, rows: list[dict[str, Any]], meta: dict[s
     timing = (f"Merged from {', '.join(p['name'] for p in parts)}; worker wall times "
               f"{', '.join(format(p['wall_seconds'] / 60, '.1f') for p in parts)} min." if parts
               else f"Wall time of this invocation {wall / 60:.1f} min ({len(rows)} runs).")
-    md = (f"# Federated commonsense instruction tuning (SmolLM2-135M)\n\n{setting}.\n\nRegenerate: `{command_line(args)}`\n\n"
+    regen = "; then ".join(f"`{p['command']}`" for p in parts if p.get("command")) + ("; then " if parts else "")
+    regen += f"`{command_line(args)}`"
+    md = (f"# Federated commonsense instruction tuning (SmolLM2-135M)\n\n{setting}.\n\nRegenerate: {regen}\n\n"
           + md_table(table_rows, cols)
           + "\nAccuracies in % on the test sets (likelihood scoring); `macro` = mean over the 7 sets. The `base model` "
           "row is round 0 of the LoRA runs (adapter B = 0: the pretrained model before training); Fed-SB's round 0 "
@@ -351,7 +353,8 @@ def main(argv: list[str] | None = None) -> None:
         for part in args.merge:
             d = json.loads((RESULTS / f"{part}.json").read_text())
             rows += d["rows"]
-            meta["parts"].append({"name": part, "wall_seconds": d["wall_seconds"], "machine": d["machine"]})
+            meta["parts"].append({"name": part, "wall_seconds": d["wall_seconds"], "machine": d["machine"],
+                                  "command": d.get("command")})
             meta["lr"] = {**d.get("lr", {}), **meta.get("lr", {})}
             meta["tune_log"] += d.get("tune_log", [])
             for k in ("quick", "fedsb_ranks", "lora_rank", "clients", "rounds"):

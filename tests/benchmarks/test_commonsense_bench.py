@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.benchmarks.loader import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def cs():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("commonsense_bench", BENCH / "commonsense.py")
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.path.remove(str(BENCH))
+    yield from load_benchmark("commonsense")
 
 
 def run_row(cs: Any, variant: str, method: str, split: str, seed: int, macro: float, total: float, init: float = 0.3) -> dict[str, Any]:

@@ -10,13 +10,18 @@ source split, scored on a validation slice of the training pool (``task.evaluate
 test sets; the chosen rate is reused for every split and seed. ``--lr-from NAME`` takes the rates an earlier
 invocation chose (results/NAME.json), so per-seed workers need not each repeat the sweep.
 
-The "base model" row is round 0 (before any training) of a LoRA run, whose adapter starts at zero (B = 0), i.e. the
-pretrained model itself; Fed-SB's round 0 already includes its init.
+Sizes: the preset's data (200 train examples per source) and model, with the schedule and test subsample of ``SIZES``
+(3 rounds x 3 local steps of batch 8, 40 test examples per set) so that the whole benchmark (12 sweep runs, 24 runs,
+the base model) fits in ~2 hours on 2 CPU cores as 2 workers (``--variants``): a training step of SmolLM2-135M at
+batch 8 and ~150 tokens takes 5-13 s on one thread, scoring one test example ~0.4 s. Runs score the test sets once,
+after the last round; the "base model" row is one extra evaluation of the pretrained model (a LoRA adapter at B = 0),
+identical for both splits (``--no-base`` skips it in a second worker).
 
     python benchmarks/commonsense.py --quick                          # smoke run, minutes on a CPU
-    python benchmarks/commonsense.py --seeds 0 --name commonsense_s0  # sweep + seed 0 (results written after each run)
-    python benchmarks/commonsense.py --seeds 1 --name commonsense_s1 --lr-from commonsense_s0
-    python benchmarks/commonsense.py --merge commonsense_s0 commonsense_s1   # -> results/commonsense.{md,csv,json,png}
+    # two workers, one per core, each sweeping and running its own variants (results written after each run)
+    python benchmarks/commonsense.py --variants fed-sb-r16 fed-sb-r64 fedit --name commonsense_a
+    python benchmarks/commonsense.py --variants ffa-lora fedex-lora flora --no-base --name commonsense_b
+    python benchmarks/commonsense.py --merge commonsense_a commonsense_b   # -> results/commonsense.{md,csv,json,png}
 
 ``--data PATH``: the commonsense folder (one sub-folder per data set with train.json / test.json).
 """
@@ -50,6 +55,9 @@ QUICK: dict[str, Any] = {"task": {"max_train_per_source": 4, "max_test_per_sourc
                          "federation": {"rounds": 1}, "train": {"local_steps": 1, "batch_size": 2},
                          "init": {"samples": 2, "batch_size": 2}, "eval": {"every": 1}}
 QUICK_RANK = 4
+#: the benchmark's schedule and test subsample (over the preset's 3 rounds x 6 steps, 50 per set): fits 2 hours
+SIZES: dict[str, Any] = {"federation": {"rounds": 3}, "train": {"local_steps": 3}, "task": {"max_test_per_source": 40}}
+BASE = "base model"
 
 
 def variants(fedsb_ranks: list[int], lora_rank: int) -> dict[str, tuple[str, int]]:
@@ -77,10 +85,10 @@ def build_config(method: str, rank: int, split: str, seed: int, data: str, lr: f
         "federation": {"partition": split},
         "train": {"threads": threads, **({"lr": lr} if lr is not None else {})},
     }
-    base = merge(preset_dict(), QUICK) if quick else preset_dict()
+    base = merge(preset_dict(), QUICK if quick else SIZES)
     cfg = validate(from_dict(merge(base, over)))
     rounds = cfg.federation.rounds
-    # evaluate at round 0 (always) and at the end only
+    # evaluate at the end only (run_one skips the round-0 evaluation)
     return validate(from_dict(merge(cfg.to_dict(), {"eval": {"every": rounds}})))
 
 
@@ -90,19 +98,38 @@ def default_lr(method: str, rank: int) -> float:
     return float(get_method(method).default_lr(rank))
 
 
+def base_eval(cfg: Any) -> dict[str, Any]:
+    """The pretrained model scored on the test sets: a LoRA adapter before any training (B = 0)."""
+    from fedsb.core.federation import build_federation
+
+    t0 = time.perf_counter()
+    fed = build_federation(cfg)
+    try:
+        m = fed.objective.evaluate(fed.adapted.model, fed.task.test, cfg.eval.batch_size)
+    finally:
+        fed.adapted.unload()
+    return {"variant": BASE, "method": "-", "rank": None, "split": "-", "seed": cfg.seed, "lr": None,
+            "accuracy_macro": m["accuracy_macro"], "accuracy": m["accuracy"],
+            **{f"acc_{s}": m.get(f"accuracy/{s}") for s in SOURCES}, "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def run_one(cfg: Any) -> dict[str, Any]:
-    """One Simulator run; accuracy per set at round 0 and at the end, the comm figures of summary.json."""
+    """One Simulator run; accuracy per set after the last round, the comm figures of summary.json. The round-0
+    evaluation is skipped (it costs as much as the final one; the base model is scored once by ``base_eval``)."""
     from fedsb.core.federation import build_federation
     from fedsb.simulation.simulator import Simulator
 
     t0 = time.perf_counter()
     fed = build_federation(cfg)
     try:
-        result = Simulator(cfg, fed=fed, progress=False).run()
+        sim = Simulator(cfg, fed=fed, progress=False)
+        full = sim.evaluate
+        sim.evaluate = lambda: full() if sim.rows else {}  # type: ignore[method-assign]  # rows empty = round 0
+        result = sim.run()
         lr = float(fed.lr)
     finally:
         fed.adapted.unload()
-    first, last = result.rows[0], result.rows[-1]
+    last = result.rows[-1]
     comm = result.summary["comm"]
     clients, rounds = cfg.federation.clients, len(result.rows) - 1
     up, down = comm["upload_bytes_per_client_round"], comm["download_bytes_per_client_round"]
@@ -111,8 +138,6 @@ def run_one(cfg: Any) -> dict[str, Any]:
         "method": cfg.method, "rank": cfg.adapter.rank, "split": cfg.federation.partition, "seed": cfg.seed, "lr": lr,
         "accuracy_macro": last.get("accuracy_macro"), "accuracy": last.get("accuracy"),
         **{f"acc_{s}": last.get(f"accuracy/{s}") for s in SOURCES},
-        "initial_accuracy_macro": first.get("accuracy_macro"),
-        **{f"initial_acc_{s}": first.get(f"accuracy/{s}") for s in SOURCES},
         "rounds_run": rounds,
         "upload_bytes_per_client_round": up, "download_bytes_per_client_round": down,
         "one_time_bytes_per_client": one_time,
@@ -128,9 +153,9 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean (and std of the macro accuracy) over seeds per (variant, split), in first-seen order."""
+    """Mean (and std of the macro accuracy) over seeds per (variant, split), in first-seen order; no base row."""
     keys: list[tuple[str, str]] = []
-    for r in rows:
+    for r in (r for r in rows if r["variant"] != BASE):
         if (r["variant"], r["split"]) not in keys:
             keys.append((r["variant"], r["split"]))
     out = []
@@ -150,21 +175,13 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def base_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Round 0 of the LoRA runs (adapter zero = the pretrained model), one row per split, mean over seeds."""
-    out = []
-    for sp in dict.fromkeys(r["split"] for r in rows):
-        rs = [r for r in rows if r["split"] == sp and r["method"] != "fed-sb" and r.get("initial_accuracy_macro") is not None]
-        if not rs:
-            continue
-        m, s = _mean_std([r["initial_accuracy_macro"] for r in rs])
-        row: dict[str, Any] = {"variant": "base model", "method": "-", "rank": None, "split": sp,
-                               "seeds": len({r["seed"] for r in rs}),
-                               "accuracy_macro_mean": m, "accuracy_macro_std": s}
-        for src in SOURCES:
-            vals = [r[f"initial_acc_{src}"] for r in rs if r.get(f"initial_acc_{src}") is not None]
-            row[f"acc_{src}"] = statistics.mean(vals) if vals else None
-        out.append(row)
-    return out
+    """The base model's evaluation (deterministic: the first one found), as a table row for both splits."""
+    b = next((r for r in rows if r["variant"] == BASE), None)
+    if b is None:
+        return []
+    return [{"variant": BASE, "method": "-", "rank": None, "split": "both", "seeds": None, "lr": None,
+             "accuracy_macro_mean": b["accuracy_macro"], "accuracy_macro_std": None,
+             **{f"acc_{s}": b.get(f"acc_{s}") for s in SOURCES}}]
 
 
 def verdict(summary: list[dict[str, Any]], factor: float = 10.0) -> dict[str, dict[str, Any]]:
@@ -245,7 +262,8 @@ def write_all(args: argparse.Namespace, rows: list[dict[str, Any]], meta: dict[s
              ("seconds", "s/run", lambda x: f"{x:.0f}")]
     seeds = sorted({r["seed"] for r in rows})
     setting = (f"SmolLM2-135M-Instruct, preset {PRESET}{' (--quick sizes)' if meta['quick'] else ''}, "
-               f"{meta['clients']} clients x {meta['rounds']} rounds; Fed-SB r={meta['fedsb_ranks']}, LoRA baselines "
+               f"{meta['clients']} clients x {meta['rounds']} rounds x {meta.get('local_steps', '?')} local steps of batch "
+               f"{meta.get('batch_size', '?')}, {meta.get('test_per_source', '?')} test examples per set; Fed-SB r={meta['fedsb_ranks']}, LoRA baselines "
                f"r={meta['lora_rank']}; seeds {seeds}")
     lr_lines = "\n".join(f"- {k}: {x['lr']:.3g} ({x['how']})" for k, x in meta.get("lr", {}).items())
     parts = meta.get("parts", [])
@@ -257,11 +275,11 @@ def write_all(args: argparse.Namespace, rows: list[dict[str, Any]], meta: dict[s
     md = (f"# Federated commonsense instruction tuning (SmolLM2-135M)\n\n{setting}.\n\nRegenerate: {regen}\n\n"
           + md_table(table_rows, cols)
           + "\nAccuracies in % on the test sets (likelihood scoring); `macro` = mean over the 7 sets. The `base model` "
-          "row is round 0 of the LoRA runs (adapter B = 0: the pretrained model before training); Fed-SB's round 0 "
-          "already includes its init. Bytes per client: upload/download per round from summary.json's comm figures "
+          "row is the pretrained model (a LoRA adapter at B = 0) scored once on the same test sets. Bytes per client: upload/download per round from summary.json's comm figures "
           "(fedsb's wire dtype), one-time = the ledger's one-time bytes (Fed-SB's B/A broadcast and init upload) / "
-          "clients; total = rounds x (up + down) + one-time. The preset's Fed-SB init (`init.source = federated`) uploads "
-          "full gradients once, which dominates its one-time bytes.\n\n"
+          "clients; total = rounds x (up + down) + one-time. Fed-SB's one-time bytes are its communication-efficient init "
+          "(`init.source = federated-lowrank`: rank-r factors of each client's gradient sum at 8 bits) and the 4-bit B/A "
+          "broadcast.\n\n"
           "## Does Fed-SB at its best rank beat the best baseline at >= 10x less traffic?\n\n"
           f"{verdict_text(v)}\n\n## Learning rates\n\nChosen on a validation slice of the training pool (seed 0, "
           f"split source), never on the test sets:\n\n{lr_lines or '- defaults'}\n\n{timing}\n\n"
@@ -323,6 +341,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default=None, help="result name (default commonsense, commonsense_quick with --quick)")
     ap.add_argument("--resume", action="store_true", help="keep the finished runs in results/<name>.json, run the rest")
+    ap.add_argument("--variants", nargs="+", default=None,
+                    help="run only these variants (names as in the table, e.g. fed-sb-r16 fedit); for parallel workers")
+    ap.add_argument("--no-base", action="store_true", help="do not score the base model (another worker does)")
     ap.add_argument("--merge", nargs="*", default=[], help="combine the rows of these earlier result names (no new runs)")
     args = ap.parse_args(argv)
     args.argv = argv
@@ -345,6 +366,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg0 = build_config("fed-sb", fedsb_ranks[0], args.splits[0], 0, args.data, quick=q)
     meta: dict[str, Any] = {"machine": machine_info(args.threads), "quick": q, "fedsb_ranks": fedsb_ranks,
                             "lora_rank": lora_rank, "clients": cfg0.federation.clients, "rounds": cfg0.federation.rounds,
+                            "local_steps": cfg0.train.local_steps, "batch_size": cfg0.train.batch_size,
+                            "test_per_source": cfg0.task.max_test_per_source,
                             "data": Path(args.data).name, "tune_log": []}
     rows: list[dict[str, Any]] = []
     t_all = time.perf_counter()
@@ -357,15 +380,16 @@ def main(argv: list[str] | None = None) -> None:
                                   "command": d.get("command")})
             meta["lr"] = {**d.get("lr", {}), **meta.get("lr", {})}
             meta["tune_log"] += d.get("tune_log", [])
-            for k in ("quick", "fedsb_ranks", "lora_rank", "clients", "rounds"):
-                meta[k] = d[k]
+            for k in ("quick", "fedsb_ranks", "lora_rank", "clients", "rounds", "local_steps", "batch_size",
+                      "test_per_source"):
+                meta[k] = d.get(k)
         meta["machine"] = meta["parts"][0]["machine"]
         write_all(args, rows, meta, max(p["wall_seconds"] for p in meta["parts"]))
         return
     prev_wall = 0.0
     if args.resume and (RESULTS / f"{args.name}.json").is_file():
         d = json.loads((RESULTS / f"{args.name}.json").read_text())
-        rows = [r for r in d["rows"] if r["seed"] in args.seeds]
+        rows = [r for r in d["rows"] if r["seed"] in args.seeds or r["variant"] == BASE]
         meta["lr"], meta["tune_log"] = d.get("lr", {}), d.get("tune_log", [])
         prev_wall = sum(r["seconds"] for r in rows) + sum(t["seconds"] for t in meta["tune_log"])
         print(f"resuming {args.name}: {len(rows)} finished runs kept", flush=True)
@@ -374,6 +398,15 @@ def main(argv: list[str] | None = None) -> None:
         write_all(args, rows, meta, prev_wall + time.perf_counter() - t_all, silent=True)
 
     vs = variants(fedsb_ranks, lora_rank)
+    if args.variants:
+        unknown = sorted(set(args.variants) - set(vs))
+        if unknown:
+            sys.exit(f"error: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(vs)}")
+        vs = {v: mr for v, mr in vs.items() if v in args.variants}
+    if not args.no_base and not any(r["variant"] == BASE for r in rows):
+        rows.append(base_eval(build_config("fedit", lora_rank, args.splits[0], 0, args.data, quick=q, threads=args.threads)))
+        print(f"base model: macro {rows[-1]['accuracy_macro']:.4f} ({rows[-1]['seconds']:.0f}s)", flush=True)
+        save()
     lrs = choose_lrs(args, vs, meta, meta["tune_log"], save)
     done = {(r["variant"], r["split"], r["seed"]) for r in rows}
     for seed in args.seeds:
@@ -384,8 +417,8 @@ def main(argv: list[str] | None = None) -> None:
                 r = {"variant": v, **run_one(build_config(method, rank, split, seed, args.data, lr=lrs[v], quick=q,
                                                           threads=args.threads))}
                 rows.append(r)
-                print(f"{v:12s} {split:6s} seed={seed}: macro {r['accuracy_macro']:.4f} (round 0 "
-                      f"{r['initial_accuracy_macro']:.4f}), {r['total_bytes_per_client']:,.0f} B/client, {r['seconds']:.0f}s",
+                print(f"{v:12s} {split:6s} seed={seed}: macro {r['accuracy_macro']:.4f}, "
+                      f"{r['total_bytes_per_client']:,.0f} B/client, {r['seconds']:.0f}s",
                       flush=True)
                 save()
     write_all(args, rows, meta, prev_wall + time.perf_counter() - t_all)

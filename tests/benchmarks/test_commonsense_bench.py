@@ -15,10 +15,9 @@ def cs():
     yield from load_benchmark("commonsense")
 
 
-def run_row(cs: Any, variant: str, method: str, split: str, seed: int, macro: float, total: float, init: float = 0.3) -> dict[str, Any]:
+def run_row(cs: Any, variant: str, method: str, split: str, seed: int, macro: float, total: float) -> dict[str, Any]:
     return {"variant": variant, "method": method, "rank": 8, "split": split, "seed": seed, "lr": 1e-3,
-            "accuracy_macro": macro, "initial_accuracy_macro": init,
-            **{f"acc_{s}": macro for s in cs.SOURCES}, **{f"initial_acc_{s}": init for s in cs.SOURCES},
+            "accuracy_macro": macro, **{f"acc_{s}": macro for s in cs.SOURCES},
             "upload_bytes_per_client_round": total / 4, "download_bytes_per_client_round": total / 4,
             "one_time_bytes_per_client": total / 2, "total_bytes_per_client": total, "seconds": 10.0}
 
@@ -35,13 +34,16 @@ def test_aggregate_means_and_stds_over_seeds(cs) -> None:
     assert agg[("fedit", "source")]["accuracy_macro_std"] == 0.0  # one seed: no spread
 
 
-def test_base_row_comes_from_lora_round_zero_only(cs) -> None:
-    rows = [run_row(cs, "fed-sb-r16", "fed-sb", "iid", 0, 0.5, 10.0, init=0.9),
-            run_row(cs, "fedit", "fedit", "iid", 0, 0.5, 10.0, init=0.3),
-            run_row(cs, "flora", "flora", "iid", 1, 0.5, 10.0, init=0.3)]
-    (base,) = cs.base_rows(rows)
-    assert base["accuracy_macro_mean"] == pytest.approx(0.3)  # Fed-SB's post-init 0.9 is not the base model
-    assert base["seeds"] == 2
+def test_base_row_is_the_single_base_evaluation_and_stays_out_of_the_verdict(cs) -> None:
+    base = {"variant": cs.BASE, "method": "-", "rank": None, "split": "-", "seed": 0, "lr": None,
+            "accuracy_macro": 0.9, **{f"acc_{s}": 0.9 for s in cs.SOURCES}, "seconds": 1.0}
+    rows = [base, run_row(cs, "fed-sb-r16", "fed-sb", "iid", 0, 0.5, 1.0), run_row(cs, "fedit", "fedit", "iid", 0, 0.4, 100.0)]
+    (row,) = cs.base_rows(rows)
+    assert row["accuracy_macro_mean"] == 0.9 and row["split"] == "both"
+    agg = cs.aggregate(rows)
+    assert [a["variant"] for a in agg] == ["fed-sb-r16", "fedit"]  # the base model is no method
+    assert cs.verdict(agg)["iid"]["baseline"] == "fedit"  # 0.9 would have won had it counted
+    assert cs.base_rows(rows[1:]) == []
 
 
 @pytest.mark.parametrize(("sb_macro", "sb_bytes", "expected"), [
@@ -75,6 +77,9 @@ def test_configs_are_the_preset_with_the_run_keys_changed(cs) -> None:
                 assert (cfg.method, cfg.adapter.rank, cfg.federation.partition, cfg.seed) == (method, rank, split, 1)
                 assert cfg.task.evaluate_on == "validation" and cfg.train.lr == 2e-3 and cfg.task.path == "data"
                 assert cfg.model.name == "smollm2" and cfg.eval.mode == "likelihood"
-                assert cfg.eval.every == cfg.federation.rounds  # round 0 and the end only
-                assert cfg.task.max_test_per_source == (2 if quick else 50), variant
+                assert cfg.eval.every == cfg.federation.rounds  # the end only (run_one skips round 0)
+                sizes = cs.QUICK if quick else cs.SIZES
+                assert cfg.task.max_test_per_source == sizes["task"]["max_test_per_source"], variant
+                assert cfg.federation.rounds == sizes["federation"]["rounds"]
+                assert cfg.train.local_steps == sizes["train"]["local_steps"]
         assert cs.build_config("fedit", 8, "iid", 0, "d").task.evaluate_on == "test"

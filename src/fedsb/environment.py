@@ -38,3 +38,5 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     logging.getLogger("flwr_datasets").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # One line per warning (no source line, no path): fedsb's warnings name the problem and the fix.
+    warnings.formatwarning = lambda message, category, *_, **__: f"warning: {message}\n"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -158,7 +159,28 @@ def assemble_federation(cfg: RunConfig, loaded: LoadedModel, task: TaskData) -> 
         cfg.federation.shards_per_client, [e.meta.get("source") for e in pool], cfg.federation.source_home_share,
     )
     shards = [[pool[i] for i in part] for part in idx]
+    warn_truncation(objective, task.train, cfg.task.max_length)
     return Federation(cfg, loaded, adapted, task, objective, shards, method, device, public)
+
+
+#: share of training examples longer than task.max_length above which a run warns
+TRUNCATION_WARN_SHARE = 0.05
+
+
+def warn_truncation(objective: Objective, examples: list[Example], max_length: int) -> float | None:
+    """Warn when many training examples are longer than ``max_length`` (a classifier loses their end, e.g. the
+    hypothesis of an NLI pair: a task can become unlearnable without any error). Returns the share cut."""
+    measured = objective.truncation(examples, max_length)
+    if measured is None:
+        return None
+    share, p95 = measured
+    if share > TRUNCATION_WARN_SHARE:
+        warnings.warn(
+            f"{100 * share:.0f}% of the training examples are longer than task.max_length = {max_length} tokens and "
+            f"are cut (95% are at most {p95}); raise --task.max_length to about {p95} to keep them whole",
+            UserWarning, stacklevel=2,
+        )
+    return share
 
 
 def layer_shapes(fed: Federation) -> dict[str, tuple[int, int]]:

@@ -40,6 +40,18 @@ class Objective(ABC):
     def evaluate(self, model: nn.Module, examples: list[Example], batch_size: int, progress: bool = False) -> dict[str, float]:
         """Metrics on held-out examples (at least ``accuracy`` and ``loss`` where defined)."""
 
+    def token_lengths(self, examples: list[Example]) -> list[int]:
+        """Each example's length in tokens before any cut to ``max_length`` (empty: not measured)."""
+        return []
+
+    def truncation(self, examples: list[Example], max_length: int) -> tuple[float, int] | None:
+        """``(share of examples longer than max_length, 95th-percentile length)``, or None if not measured."""
+        lengths = sorted(self.token_lengths(examples))
+        if not lengths:
+            return None
+        over = sum(1 for n in lengths if n > max_length)
+        return over / len(lengths), lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))]
+
     @staticmethod
     def batch_size(batch: dict[str, Any]) -> int:
         return int(batch["input_ids"].shape[0])

@@ -106,6 +106,10 @@ class CausalLMObjective(Objective):
         room = self.max_length - len(response)
         return prompt[-room:] if len(prompt) > room else prompt, response
 
+    def token_lengths(self, examples: list[Example]) -> list[int]:
+        # ``fit`` drops the prompt's start first: what a cut loses is context, not the response.
+        return [len(self.prompt_ids(e)) + len(self.response_ids(e.response)) for e in examples if e.response is not None]
+
     def encode(self, example: Example) -> tuple[list[int], list[int]]:
         """``(input_ids, labels)`` with labels -100 on the prompt: the loss covers the response and EOS only."""
         if example.response is None:

@@ -28,6 +28,11 @@ class ClassificationObjective(Objective):
         batch["labels"] = torch.tensor([e.label for e in examples], dtype=torch.long, device=self.device)
         return batch
 
+    def token_lengths(self, examples: list[Example]) -> list[int]:
+        # Right truncation drops a text's end: in a premise/hypothesis pair, the hypothesis.
+        ids = self.tokenizer([e.text for e in examples], truncation=False).input_ids
+        return [len(x) for x in ids]
+
     @staticmethod
     def logits(model: nn.Module, batch: dict[str, Any]) -> Tensor:
         inputs = {k: v for k, v in batch.items() if k != "labels"}

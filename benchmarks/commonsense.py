@@ -11,16 +11,16 @@ test sets; the chosen rate is reused for every split and seed. ``--lr-from NAME`
 invocation chose (results/NAME.json), so per-seed workers need not each repeat the sweep.
 
 Sizes: the preset's data (200 train examples per source) and model, with the schedule and test subsample of ``SIZES``
-(3 rounds x 3 local steps of batch 8, 40 test examples per set) so that the whole benchmark (12 sweep runs, 24 runs,
-the base model) fits in ~2 hours on 2 CPU cores as 2 workers (``--variants``): a training step of SmolLM2-135M at
+(3 rounds x 3 local steps of batch 8, 40 test examples per set) so that the whole benchmark (12 sweep runs with
+``--tune-lr 1,3``, 24 runs, the base model) fits in ~2 hours on 2 CPU cores as 2 workers (``--variants``): a training step of SmolLM2-135M at
 batch 8 and ~150 tokens takes 5-13 s on one thread, scoring one test example ~0.4 s. Runs score the test sets once,
 after the last round; the "base model" row is one extra evaluation of the pretrained model (a LoRA adapter at B = 0),
 identical for both splits (``--no-base`` skips it in a second worker).
 
     python benchmarks/commonsense.py --quick                          # smoke run, minutes on a CPU
     # two workers, one per core, each sweeping and running its own variants (results written after each run)
-    python benchmarks/commonsense.py --variants fed-sb-r16 fed-sb-r64 fedit --name commonsense_a
-    python benchmarks/commonsense.py --variants ffa-lora fedex-lora flora --no-base --name commonsense_b
+    python benchmarks/commonsense.py --tune-lr 1,3 --variants fed-sb-r16 fed-sb-r64 fedit --name commonsense_a
+    python benchmarks/commonsense.py --tune-lr 1,3 --variants ffa-lora fedex-lora flora --no-base --name commonsense_b
     python benchmarks/commonsense.py --merge commonsense_a commonsense_b   # -> results/commonsense.{md,csv,json,png}
 
 ``--data PATH``: the commonsense folder (one sub-folder per data set with train.json / test.json).
@@ -260,7 +260,7 @@ def write_all(args: argparse.Namespace, rows: list[dict[str, Any]], meta: dict[s
              ("one_time_bytes_per_client", "one-time B/client", lambda x: f"{x:,.0f}"),
              ("total_bytes_per_client", "total B/client", lambda x: f"{x:,.0f}"),
              ("seconds", "s/run", lambda x: f"{x:.0f}")]
-    seeds = sorted({r["seed"] for r in rows})
+    seeds = sorted({r["seed"] for r in rows if r["variant"] != BASE})
     setting = (f"SmolLM2-135M-Instruct, preset {PRESET}{' (--quick sizes)' if meta['quick'] else ''}, "
                f"{meta['clients']} clients x {meta['rounds']} rounds x {meta.get('local_steps', '?')} local steps of batch "
                f"{meta.get('batch_size', '?')}, {meta.get('test_per_source', '?')} test examples per set; Fed-SB r={meta['fedsb_ranks']}, LoRA baselines "
@@ -269,7 +269,7 @@ def write_all(args: argparse.Namespace, rows: list[dict[str, Any]], meta: dict[s
     parts = meta.get("parts", [])
     timing = (f"Merged from {', '.join(p['name'] for p in parts)}; worker wall times "
               f"{', '.join(format(p['wall_seconds'] / 60, '.1f') for p in parts)} min." if parts
-              else f"Wall time of this invocation {wall / 60:.1f} min ({len(rows)} runs).")
+              else f"Wall time of this invocation {wall / 60:.1f} min ({sum(r['variant'] != BASE for r in rows)} runs).")
     regen = "; then ".join(f"`{p['command']}`" for p in parts if p.get("command")) + ("; then " if parts else "")
     regen += f"`{command_line(args)}`"
     md = (f"# Federated commonsense instruction tuning (SmolLM2-135M)\n\n{setting}.\n\nRegenerate: {regen}\n\n"
@@ -373,16 +373,29 @@ def main(argv: list[str] | None = None) -> None:
     t_all = time.perf_counter()
     if args.merge:
         meta["parts"] = []
+        sizes = ("quick", "lora_rank", "clients", "rounds", "local_steps", "batch_size", "test_per_source")
+        first: dict[str, Any] | None = None
         for part in args.merge:
             d = json.loads((RESULTS / f"{part}.json").read_text())
-            rows += d["rows"]
+            if first is not None and any(d.get(k) != first.get(k) for k in sizes):
+                diff = ", ".join(f"{k} {first.get(k)} vs {d.get(k)}" for k in sizes if d.get(k) != first.get(k))
+                sys.exit(f"error: results/{part}.json was run with other settings ({diff}); merge parts of one benchmark")
+            first = first or d
+            have = {(r["variant"], r["split"], r["seed"]) for r in rows}
+            for r in d["rows"]:
+                key = (r["variant"], r["split"], r["seed"])
+                if r["variant"] == BASE and any(x["variant"] == BASE for x in rows):
+                    continue  # one base evaluation (deterministic) is enough
+                if key in have:
+                    sys.exit(f"error: {r['variant']} split {r['split']} seed {r['seed']} is in two parts; merge disjoint parts")
+                rows.append(r)
             meta["parts"].append({"name": part, "wall_seconds": d["wall_seconds"], "machine": d["machine"],
                                   "command": d.get("command")})
             meta["lr"] = {**d.get("lr", {}), **meta.get("lr", {})}
             meta["tune_log"] += d.get("tune_log", [])
-            for k in ("quick", "fedsb_ranks", "lora_rank", "clients", "rounds", "local_steps", "batch_size",
-                      "test_per_source"):
-                meta[k] = d.get(k)
+            for k in ("quick", "lora_rank", "clients", "rounds", "local_steps", "batch_size", "test_per_source"):
+                meta[k] = d.get(k, "?")
+            meta["fedsb_ranks"] = sorted(set(meta.get("fedsb_ranks", [])) | set(d["fedsb_ranks"]))
         meta["machine"] = meta["parts"][0]["machine"]
         write_all(args, rows, meta, max(p["wall_seconds"] for p in meta["parts"]))
         return

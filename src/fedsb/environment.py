@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 
+#: the package directory: warnings raised from here get fedsb's one-line format
+FEDSB_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
@@ -38,5 +41,15 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     logging.getLogger("flwr_datasets").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    # One line per warning (no source line, no path): fedsb's warnings name the problem and the fix.
-    warnings.formatwarning = lambda message, category, *_, **__: f"warning: {message}\n"
+    # fedsb's own warnings name the problem and the fix: one line, no source line. Other libraries' warnings keep
+    # Python's format (category, file and line), which is what tracing them needs.
+    if not getattr(warnings.formatwarning, "fedsb", False):
+        default = warnings.formatwarning
+
+        def formatwarning(message, category, filename, lineno, line=None):  # type: ignore[no-untyped-def]
+            if FEDSB_DIR in str(filename):
+                return f"warning: {message}\n"
+            return default(message, category, filename, lineno, line)
+
+        formatwarning.fedsb = True  # type: ignore[attr-defined]
+        warnings.formatwarning = formatwarning

@@ -83,3 +83,44 @@ def test_configs_are_the_preset_with_the_run_keys_changed(cs) -> None:
                 assert cfg.federation.rounds == sizes["federation"]["rounds"]
                 assert cfg.train.local_steps == sizes["train"]["local_steps"]
         assert cs.build_config("fedit", 8, "iid", 0, "d").task.evaluate_on == "test"
+
+
+def part(cs: Any, rows: list[dict[str, Any]], **sizes: Any) -> dict[str, Any]:
+    meta = {"quick": False, "fedsb_ranks": [16], "lora_rank": 8, "clients": 3, "rounds": 3, "local_steps": 3,
+            "batch_size": 8, "test_per_source": 40, "machine": {}, "wall_seconds": 60.0, "lr": {}, "tune_log": []}
+    return {**meta, **sizes, "rows": rows}
+
+
+@pytest.fixture
+def results(cs, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(cs, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys.modules["common"], "RESULTS", tmp_path)
+    monkeypatch.setattr(cs, "machine_line", lambda m: "machine")
+    return tmp_path
+
+
+def write_part(path: Any, name: str, data: dict[str, Any]) -> None:
+    import json
+
+    (path / f"{name}.json").write_text(json.dumps(data))
+
+
+def test_merge_keeps_one_base_row_and_refuses_overlaps_and_other_sizes(cs, results) -> None:
+    import json
+
+    base = {"variant": cs.BASE, "method": "-", "rank": None, "split": "-", "seed": 0, "lr": None,
+            "accuracy_macro": 0.37, **{f"acc_{s}": 0.37 for s in cs.SOURCES}, "seconds": 1.0}
+    write_part(results, "a", part(cs, [base, run_row(cs, "fed-sb-r16", "fed-sb", "iid", 0, 0.5, 1.0)]))
+    write_part(results, "b", part(cs, [dict(base), run_row(cs, "fedit", "fedit", "iid", 0, 0.4, 100.0)]))
+    cs.main(["--merge", "a", "b", "--name", "m"])
+    merged = json.loads((results / "m.json").read_text())
+    assert [r["variant"] for r in merged["rows"]] == [cs.BASE, "fed-sb-r16", "fedit"]
+    assert merged["verdict"]["iid"]["answer"] is True
+    write_part(results, "c", part(cs, [run_row(cs, "fedit", "fedit", "iid", 0, 0.4, 100.0)]))
+    with pytest.raises(SystemExit, match="in two parts"):
+        cs.main(["--merge", "b", "c", "--name", "m2"])
+    write_part(results, "d", part(cs, [run_row(cs, "flora", "flora", "iid", 0, 0.4, 100.0)], local_steps=6))
+    with pytest.raises(SystemExit, match="local_steps 3 vs 6"):
+        cs.main(["--merge", "a", "d", "--name", "m3"])

@@ -52,3 +52,33 @@ def test_real_tokenisers_measure_untruncated_lengths() -> None:
     ex = Example(text=long.text, response="yes")
     (n,) = lm.token_lengths([ex])
     assert n == len(lm.prompt_ids(ex)) + len(lm.response_ids("yes")) > 8
+
+
+def test_large_pools_are_measured_on_a_fixed_sample() -> None:
+    seen: list[int] = []
+
+    class Counting(Lengths):
+        def token_lengths(self, examples: list[Example]) -> list[int]:
+            seen.append(len(examples))
+            return super().token_lengths(examples)
+
+    pool = examples([5] * 4000 + [50] * 1000)
+    a = Counting().truncation(pool, 10, sample=500)
+    assert seen == [500] and a == Counting().truncation(pool, 10, sample=500)  # same sample every time
+    assert a is not None and 0.1 < a[0] < 0.3  # ~0.2 of the pool is cut
+
+
+def test_only_fedsb_warnings_are_shortened() -> None:
+    import warnings as w
+
+    from fedsb import environment
+
+    before = w.formatwarning
+    try:
+        environment.quiet_libraries()
+        ours = w.formatwarning("cut", UserWarning, environment.FEDSB_DIR + "core/federation.py", 1)
+        theirs = w.formatwarning("deprecated", UserWarning, "/site-packages/torch/nn/x.py", 7)
+        assert ours == "warning: cut\n"
+        assert "UserWarning" in theirs and "x.py:7" in theirs
+    finally:
+        w.formatwarning = before

@@ -7,6 +7,7 @@ so that each example's per-sample gradient depends on that example alone and cli
 
 from __future__ import annotations
 
+import random
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -44,8 +45,11 @@ class Objective(ABC):
         """Each example's length in tokens before any cut to ``max_length`` (empty: not measured)."""
         return []
 
-    def truncation(self, examples: list[Example], max_length: int) -> tuple[float, int] | None:
-        """``(share of examples longer than max_length, 95th-percentile length)``, or None if not measured."""
+    def truncation(self, examples: list[Example], max_length: int, sample: int = 2000) -> tuple[float, int] | None:
+        """``(share of examples longer than max_length, 95th-percentile length)`` over a fixed random sample of at
+        most ``sample`` examples (the check stays cheap on large pools), or None if not measured."""
+        if len(examples) > sample:
+            examples = random.Random(0).sample(examples, sample)
         lengths = sorted(self.token_lengths(examples))
         if not lengths:
             return None

@@ -107,8 +107,15 @@ class CausalLMObjective(Objective):
         return prompt[-room:] if len(prompt) > room else prompt, response
 
     def token_lengths(self, examples: list[Example]) -> list[int]:
-        # ``fit`` drops the prompt's start first: what a cut loses is context, not the response.
-        return [len(self.prompt_ids(e)) + len(self.response_ids(e.response)) for e in examples if e.response is not None]
+        # ``fit`` drops the prompt's start first: what a cut loses is context, not the response. Tokenised here,
+        # not through the caches, which would then hold every measured example for the whole run.
+        kept = [e for e in examples if e.response is not None]
+        if not kept:
+            return []
+        prompts = self.tokenizer([self.prompt_text(e) for e in kept], add_special_tokens=False).input_ids
+        responses = self.tokenizer([str(e.response) for e in kept], add_special_tokens=False).input_ids
+        bos = 1 if self.bos_id is not None else 0
+        return [bos + len(p) + len(r) + 1 for p, r in zip(prompts, responses, strict=True)]  # + EOS
 
     def encode(self, example: Example) -> tuple[list[int], list[int]]:
         """``(input_ids, labels)`` with labels -100 on the prompt: the loss covers the response and EOS only."""

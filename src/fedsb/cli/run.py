@@ -32,11 +32,18 @@ HEADERS = ["round", "test acc", "test loss", "train loss", "clients", "up/client
 EPS_COLUMN, EPS_HEADER = ("epsilon", 7, "{:.3f}"), "eps(max)"  # shown when DP is on
 
 
+def held_out(cfg: RunConfig) -> str:
+    """What the server scores: ``test``, or ``validation`` (a slice of the training pool) with task.evaluate_on."""
+    return "validation" if cfg.task.evaluate_on == "validation" else "test"
+
+
 def dp_columns(cfg: RunConfig) -> tuple[list[tuple[str, int, str]], list[str]]:
-    """The table's columns: the defaults, plus the epsilon spent so far when DP is on."""
+    """The table's columns: the defaults, plus the epsilon spent so far when DP is on; "val" headers when the
+    server scores the validation slice."""
+    headers = HEADERS if held_out(cfg) == "test" else [h.replace("test ", "val ") for h in HEADERS]
     if cfg.dp.mode == "off":
-        return COLUMNS, HEADERS
-    return COLUMNS[:-1] + [EPS_COLUMN, COLUMNS[-1]], HEADERS[:-1] + [EPS_HEADER, HEADERS[-1]]
+        return COLUMNS, headers
+    return COLUMNS[:-1] + [EPS_COLUMN, COLUMNS[-1]], headers[:-1] + [EPS_HEADER, headers[-1]]
 
 
 def make_simulator(cfg: RunConfig, fed: Any, progress: bool) -> Simulator:
@@ -172,7 +179,7 @@ def _execute(sim: Simulator, rundir: RunDir, console: Console, start_round: int,
     """
     fed, cfg = sim.fed, sim.cfg
     sizes = [len(s) for s in fed.shards]
-    console.print(f"clients hold {sizes} training examples ({cfg.federation.partition}); {len(fed.task.test)} test examples; "
+    console.print(f"clients hold {sizes} training examples ({cfg.federation.partition}); {len(fed.task.test)} {held_out(cfg)} examples; "
                   f"{fed.adapted.num_trainable():,} trainable parameters in {len(fed.adapted.layers)} adapted layers")
     columns, headers = dp_columns(cfg)
     header = "  ".join(h.rjust(max(w, len(h))) for (_, w, _), h in zip(columns, headers, strict=True))
@@ -241,7 +248,7 @@ def _execute(sim: Simulator, rundir: RunDir, console: Console, start_round: int,
     acc = s["final_metrics"].get("accuracy")
     acc0 = s["initial_metrics"].get("accuracy")
     console.print(
-        f"[bold green]done[/bold green] in {s['wall_seconds']:.1f} s: test accuracy "
+        f"[bold green]done[/bold green] in {s['wall_seconds']:.1f} s: {held_out(cfg)} accuracy "
         f"{acc0:.4f} -> [bold]{acc:.4f}[/bold]" if acc is not None and acc0 is not None else f"done in {s['wall_seconds']:.1f} s"
     )
     console.print(

@@ -46,7 +46,8 @@ def quiet_libraries() -> None:
     if not getattr(warnings.formatwarning, "fedsb", False):
         default = warnings.formatwarning
 
-        def formatwarning(message, category, filename, lineno, line=None):  # type: ignore[no-untyped-def]
+        def formatwarning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                          line: str | None = None) -> str:
             if FEDSB_DIR in str(filename):
                 return f"warning: {message}\n"
             return default(message, category, filename, lineno, line)

@@ -177,11 +177,11 @@ class CommLedger:
         self.upload_bytes += row["upload_bytes_round"]
         return row
 
-    def record_setup(self, init_upload: Size, one_time: dict[str, Tensor] | Size, clients: int) -> dict[str, int]:
+    def record_setup(self, init_upload: Size, one_time: Size, clients: int) -> dict[str, int]:
         """Record the setup: every client's init upload (``init_upload`` each) and the one-time broadcast to
-        every client (``one_time``: its float32 tensors, or the size of its encoded message, see
-        :func:`fedsb.init.broadcast.broadcast_size`). Returns the per-client figures (``Simulator.one_time``)."""
-        down = one_time if isinstance(one_time, Size) else size_of(one_time, "float32")
+        every client (``one_time`` each: the size of the message as sent, ``initialise_adapters``'s
+        ``broadcast_size``). Returns the per-client figures (``Simulator.one_time``)."""
+        down = one_time
         self.one_time_upload_params += init_upload.params * clients
         self.one_time_upload_bytes += init_upload.bytes * clients
         self.one_time_download_params += down.params * clients

@@ -88,8 +88,8 @@ def build_config(method: str, rank: int, split: str, seed: int, data: str, lr: f
     base = merge(preset_dict(), QUICK if quick else SIZES)
     cfg = validate(from_dict(merge(base, over)))
     rounds = cfg.federation.rounds
-    # evaluate at the end only (run_one skips the round-0 evaluation)
-    return validate(from_dict(merge(cfg.to_dict(), {"eval": {"every": rounds}})))
+    # evaluate at the end only: no round-0 evaluation (the base model is scored once by base_eval)
+    return validate(from_dict(merge(cfg.to_dict(), {"eval": {"every": rounds, "initial": False}})))
 
 
 def default_lr(method: str, rank: int) -> float:
@@ -115,17 +115,15 @@ def base_eval(cfg: Any) -> dict[str, Any]:
 
 def run_one(cfg: Any) -> dict[str, Any]:
     """One Simulator run; accuracy per set after the last round, the comm figures of summary.json. The round-0
-    evaluation is skipped (it costs as much as the final one; the base model is scored once by ``base_eval``)."""
+    evaluation is off (``eval.initial = false``: it costs as much as the final one; the base model is scored once
+    by ``base_eval``)."""
     from fedsb.core.federation import build_federation
     from fedsb.simulation.simulator import Simulator
 
     t0 = time.perf_counter()
     fed = build_federation(cfg)
     try:
-        sim = Simulator(cfg, fed=fed, progress=False)
-        full = sim.evaluate
-        sim.evaluate = lambda: full() if sim.rows else {}  # type: ignore[method-assign]  # rows empty = round 0
-        result = sim.run()
+        result = Simulator(cfg, fed=fed, progress=False).run()
         lr = float(fed.lr)
     finally:
         fed.adapted.unload()

@@ -77,7 +77,7 @@ def test_configs_are_the_preset_with_the_run_keys_changed(cs) -> None:
                 assert (cfg.method, cfg.adapter.rank, cfg.federation.partition, cfg.seed) == (method, rank, split, 1)
                 assert cfg.task.evaluate_on == "validation" and cfg.train.lr == 2e-3 and cfg.task.path == "data"
                 assert cfg.model.name == "smollm2" and cfg.eval.mode == "likelihood"
-                assert cfg.eval.every == cfg.federation.rounds  # the end only (run_one skips round 0)
+                assert cfg.eval.every == cfg.federation.rounds and not cfg.eval.initial  # scored at the end only
                 sizes = cs.QUICK if quick else cs.SIZES
                 assert cfg.task.max_test_per_source == sizes["task"]["max_test_per_source"], variant
                 assert cfg.federation.rounds == sizes["federation"]["rounds"]

@@ -357,7 +357,7 @@ def summarise(results: list[RunResult], spec: CompareSpec) -> list[dict[str, Any
             "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
             "accuracies": accs,
             "initial_accuracy_mean": statistics.fmean(
-                [r.summary.get("initial_metrics", {}).get("accuracy", float("nan")) for r in runs]),
+                [r.summary.get("initial_metrics", {}).get("accuracy", float("nan")) for r in runs]),  # nan: eval.initial off
             "upload_params": c["upload_params_per_client_round"],
             "download_params": c["download_params_per_client_round"],
             "upload_bytes": c["upload_bytes_per_client_round"],

@@ -247,10 +247,10 @@ def _execute(sim: Simulator, rundir: RunDir, console: Console, start_round: int,
                       + ("" if s["privacy"]["noise"] == SECRET else f" [bold red]({NOT_PRIVATE})[/bold red]"))
     acc = s["final_metrics"].get("accuracy")
     acc0 = s["initial_metrics"].get("accuracy")
-    console.print(
-        f"[bold green]done[/bold green] in {s['wall_seconds']:.1f} s: {held_out(cfg)} accuracy "
-        f"{acc0:.4f} -> [bold]{acc:.4f}[/bold]" if acc is not None and acc0 is not None else f"done in {s['wall_seconds']:.1f} s"
-    )
+    done = f"[bold green]done[/bold green] in {s['wall_seconds']:.1f} s"
+    if acc is not None:  # no initial accuracy with eval.initial = false
+        done += f": {held_out(cfg)} accuracy " + (f"{acc0:.4f} -> " if acc0 is not None else "") + f"[bold]{acc:.4f}[/bold]"
+    console.print(done)
     console.print(
         f"sent per client per round: up {c['upload_params_per_client_round']:,} params ({c['upload_bytes_per_client_round']:,} B), "
         f"down {c['download_params_per_client_round']:,} params; total up {c['upload_bytes_total']:,} B, down "

@@ -175,6 +175,7 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     section = "eval"
     every: Int = Field(default=1, ge=1)  # evaluate on the server every N rounds (and always after the last)
+    initial: bool = True  # score the model after the init, before round 1 (row 0); false saves one evaluation
     batch_size: Int = Field(default=64, ge=1)
     mode: Literal["auto", "likelihood", "generate"] = "auto"  # causal LMs
     # Also score each client's model on its own test share (personal_* columns); auto = for personalised

@@ -205,7 +205,7 @@ class FedsbStrategy(Strategy):
         fed.method.begin_round(fed.adapted, self.state.round)
         self.payload = to_wire(fed.method.broadcast(self.state), self.options.wire_dtype)
         wire = summarise(grid.take("setup") + grid.take("sync"))
-        row0 = {"round": 0, **self.evaluate(), **self.trainer.round_report(0), "clipped": up["clipped"],
+        row0 = {"round": 0, **(self.evaluate() if self.cfg.eval.initial else {}), **self.trainer.round_report(0), "clipped": up["clipped"],
                 "seconds": round(self.init_seconds, 3),
                 **{k: v for k, v in wire.items()}}
         self._emit(row0)

@@ -192,7 +192,7 @@ class Simulator:
             assert self.state is not None  # initialise() set it
             fed.method.load_adapter(fed.adapted, fed.method.broadcast(self.state))
             fed.method.begin_round(fed.adapted, self.state.round)
-            row0 = {"round": 0, **self.evaluate(), **self.trainer.round_report(0), "clipped": self.init_clipped,
+            row0 = {"round": 0, **(self.evaluate() if self.cfg.eval.initial else {}), **self.trainer.round_report(0), "clipped": self.init_clipped,
                     "seconds": round(self.init_seconds, 3)}
             self.rows.append(row0)
             if self.on_round:

@@ -332,8 +332,8 @@ def write_all(args: argparse.Namespace, rows: list[dict[str, Any]], meta: dict[s
     parts = meta.get("parts", [])
     if parts:
         walls = ", ".join(f"{p['wall_seconds'] / 60:.1f}" for p in parts)
-        timing = (f"Merged from {', '.join(p['name'] for p in parts)} (one single-threaded worker each, run side by "
-                  f"side): worker wall times {walls} min, so "
+        timing = (f"Merged from {', '.join(p['name'] for p in parts)} (one single-threaded worker each; side by side "
+                  f"the wall time is the longest worker's): worker wall times {walls} min, so "
                   f"**{max(p['wall_seconds'] for p in parts) / 60:.1f} min wall**; {len(rows)} runs, "
                   f"{run_seconds / 60:.1f} min summed over runs.")
         machines = " ".join(f"{p['name']}: {machine_line(p['machine'])}" for p in parts)

@@ -58,7 +58,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fedit": {"method": "fedit", "rank": LORA_RANK, "config": {}},
 }
 
-#: The schedule (see /work/notes/dp-scale.md and the calibration in results/dp_scale.md for how it was chosen).
+#: The schedule: what fits ~1.5 h per worker on a 2-core CPU (measure with --calibrate; results/dp_scale.md).
 SCHEDULE: dict[str, Any] = {
     "rounds": 3,
     "steps": 3,  # DP-SGD steps per client per round (9 per client, ~1,150 examples of ~17.5k seen: the CPU budget)

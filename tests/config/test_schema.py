@@ -32,7 +32,7 @@ DEFAULTS = {
                    "source_home_share": 0.8},
     "train": {"local_steps": 10, "local_epochs": None, "batch_size": 16, "lr": None, "head_lr": None, "weight_decay": 0.0,
               "warmup_ratio": 0.1, "schedule": "cosine", "max_grad_norm": 1.0, "threads": None},
-    "eval": {"every": 1, "batch_size": 64, "mode": "auto", "personal": "auto"},
+    "eval": {"every": 1, "initial": True, "batch_size": 64, "mode": "auto", "personal": "auto"},
     "dp": {"mode": "off", "epsilon": None, "delta": None, "max_grad_norm": 1.0, "noise_multiplier": None,
            "allow_loose_delta": False, "accountant": "rdp", "init_noise_multiplier": None, "reproducible_noise": False},
     "tracking": {"backends": []},

@@ -59,6 +59,8 @@ def embed(model_name: str, texts: list[str], max_length: int, batch: int = 64) -
             enc = loaded.tokenizer(texts[i:i + batch], padding=True, truncation=True, max_length=max_length,
                                    return_tensors="pt")
             o = backbone(**enc)
+            if getattr(o, "pooler_output", None) is None:
+                sys.exit(f"error: model {model_name!r} has no pooler; task_probe probes BERT-style encoders (e.g. minilm)")
             mask = enc["attention_mask"].unsqueeze(-1).float()
             out["mean"].append((o.last_hidden_state * mask).sum(1) / mask.sum(1))
             out["cls"].append(o.last_hidden_state[:, 0])
@@ -130,8 +132,8 @@ def probe_task(name: str, path: Path, max_length: int, max_examples: int, splits
         accs = [r["accuracy"] for r in runs]
         row[f"{v}_acc"] = statistics.mean(accs)
         row[f"{v}_std"] = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        row["majority"] = statistics.mean(r["majority"] for r in runs)
-        row["n_test"] = runs[0]["n_test"]
+    row["majority"] = statistics.mean(r["majority"] for r in runs)  # the same splits for every view
+    row["n_test"] = runs[0]["n_test"]
     best = max(VIEWS, key=lambda v: row[f"{v}_acc"])
     se = (row["majority"] * (1 - row["majority"]) / row["n_test"]) ** 0.5  # binomial standard error at the majority share
     row["best_view"] = best

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = {
     "method": "fed-sb", "seed": 0, "out": None, "preset": None, "method_options": {},
     "model": {"name": "minilm", "kind": "auto", "dtype": "float32", "device": "cpu", "targets": None, "head": None},
-    "task": {"name": "intent_recognition", "path": None, "format": "auto", "prompt_field": "prompt",
+    "task": {"name": "intent_recognition", "path": None, "subtasks": [], "format": "auto", "prompt_field": "prompt",
              "response_field": "response", "chat_template": "auto", "max_length": 64, "test_fraction": 0.2,
              "max_test_examples": None, "evaluate_on": "test", "validation_fraction": 0.15,
              "max_train_per_source": None, "max_test_per_source": None},
@@ -27,7 +27,7 @@ DEFAULTS = {
     "init": {"source": "federated-lowrank", "samples": 32, "eta": 0.001, "svd": "lowrank", "oversample": 8, "niter": 2,
              "public_path": None, "batch_size": 16, "lowrank_rank": 0, "lowrank_bits": 8, "broadcast_bits": 4},
     "federation": {"clients": 3, "rounds": 5, "fraction": 1.0, "partition": "dirichlet", "dirichlet_alpha": 0.5,
-                   "shards_per_client": 2, "weighting": "examples", "min_clients": 1, "norm_factor": 2.0,
+                   "split_by": "label", "shards_per_client": 2, "weighting": "examples", "min_clients": 1, "norm_factor": 2.0,
                    "max_change_norm": None, "max_examples_factor": 2.0, "init_norm_factor": 1.0,
                    "source_home_share": 0.8},
     "train": {"local_steps": 10, "local_epochs": None, "batch_size": 16, "lr": None, "head_lr": None, "weight_decay": 0.0,

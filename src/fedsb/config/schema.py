@@ -83,6 +83,9 @@ class TaskConfig(Section):
     # local data file (BIG-bench task.json, JSON/JSONL), a folder with train/test files, or a suite: a folder of
     # such folders, loaded as one task whose examples are tagged with their sub-folder (their source)
     path: str | None = None
+    # a BIG-bench task with sub-tasks (a folder of sub-folders each holding a task.json, e.g. arithmetic): the
+    # sub-tasks to load, as names or glob patterns ("2_digit_*"); empty = all. Each example's source = its sub-task
+    subtasks: Names = Field(default_factory=list)
     format: Literal["auto", "bigbench", "jsonl", "commonsense", "gsm8k", "metamath", "nli"] = "auto"
     prompt_field: str = "prompt"  # generic JSONL
     response_field: str = "response"  # generic JSONL
@@ -142,6 +145,9 @@ class FederationConfig(Section):
     # source: by data set (task.path a suite): source s lives on client s mod clients (see source_home_share)
     partition: Literal["iid", "dirichlet", "shards", "source"] = "dirichlet"
     dirichlet_alpha: Float = Field(default=0.5, gt=0)
+    # what dirichlet and shards split by (and each client's test share follows): the class label, or the source
+    # (sub-task or data set of a suite: a mixture of tasks split by task, as FedIT splits Dolly by category)
+    split_by: Literal["label", "source"] = "label"
     shards_per_client: Int = Field(default=2, ge=1)
     # partition = "source": share of a source's examples kept on its home client; the rest spread uniformly
     source_home_share: Float = Field(default=0.8, gt=0, le=1)

@@ -18,6 +18,7 @@ from fedsb.adapters.lora_sb_init import gradient_sums, lora_sb_init_from_directi
 from fedsb.adapters.model import AdaptedModel
 from fedsb.comm.accounting import size_of
 from fedsb.config import RunConfig
+from fedsb.core.personal import client_test_shares
 from fedsb.core.training import Schedule, batch_stream
 from fedsb.errors import FedsbError
 from fedsb.init.broadcast import apply_broadcast, broadcast_size
@@ -28,7 +29,7 @@ from fedsb.models.load import LoadedModel, ModelKind, load_model, resolve_device
 from fedsb.objectives.base import Objective
 from fedsb.tasks import load_task
 from fedsb.tasks.base import Example, TaskData
-from fedsb.tasks.partition import partition_indices
+from fedsb.tasks.partition import partition_indices, split_key
 
 
 @dataclass
@@ -69,6 +70,12 @@ class Federation:
 
     def sample_clients(self, round_idx: int) -> list[int]:
         return scheduled_clients(self.cfg.seed, len(self.shards), self.cfg.federation.fraction, round_idx)
+
+    def test_shares(self) -> list[list[Example]]:
+        """The common test set dealt over the clients by their training mix of what the split went by (label or
+        source; :func:`fedsb.core.personal.client_test_shares`)."""
+        by = self.cfg.federation.split_by if self.cfg.federation.partition in ("dirichlet", "shards") else "label"
+        return client_test_shares(self.task.test, self.shards, self.cfg.seed, split_key(by, self.task.train))
 
     def init_batches(self, examples: list[Example], seed: int):
         """Batches of at most ``init.samples`` examples, for the LoRA-SB gradient estimate."""
@@ -153,7 +160,9 @@ def assemble_federation(cfg: RunConfig, loaded: LoadedModel, task: TaskData) -> 
         # gets (never the test split, which would leak evaluation data into the init).
         n_pub = min(cfg.init.samples, max(1, len(pool) // 10))
         public, pool = pool[:n_pub], pool[n_pub:]
-    labels = [e.label if e.label is not None else 0 for e in pool]
+    key = split_key(cfg.federation.split_by, pool) if cfg.federation.partition in ("dirichlet", "shards") \
+        else split_key("label", pool)
+    labels = [k if (k := key(e)) is not None else 0 for e in pool]
     idx = partition_indices(
         labels, cfg.federation.clients, cfg.federation.partition, cfg.seed, cfg.federation.dirichlet_alpha,
         cfg.federation.shards_per_client, [e.meta.get("source") for e in pool], cfg.federation.source_home_share,

@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
+from collections.abc import Callable
 
 from fedsb.tasks.base import Example
 
 
-def client_test_shares(test: list[Example], shards: list[list[Example]], seed: int) -> list[list[Example]]:
-    """The test set split over the clients, each share following its client's training label mix."""
+def client_test_shares(test: list[Example], shards: list[list[Example]], seed: int,
+                       key: Callable[[Example], int | None] | None = None) -> list[list[Example]]:
+    """The test set split over the clients, each share following its client's training label mix.
+
+    ``key`` gives an example's "label" (default: its class label; :func:`fedsb.tasks.partition.split_key` for a
+    split by source, so that a client's share follows the sources it trained on)."""
+    key = key or (lambda e: e.label)
     k = len(shards)
     out: list[list[Example]] = [[] for _ in range(k)]
     by_label: dict[int | None, list[Example]] = defaultdict(list)
     for e in test:
-        by_label[e.label].append(e)
-    counts = [Counter(e.label for e in shard) for shard in shards]
+        by_label[key(e)].append(e)
+    counts = [Counter(key(e) for e in shard) for shard in shards]
     rng = random.Random(f"{seed}-test-shares")
     for label in sorted(by_label, key=lambda x: (x is None, x if x is not None else 0)):
         pool = list(by_label[label])

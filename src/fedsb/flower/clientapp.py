@@ -35,7 +35,6 @@ from torch import Tensor
 from fedsb.config import RunConfig, from_dict, validate
 from fedsb.core.client import ClientTrainer, train_client
 from fedsb.core.federation import Federation, build_federation, client_init_message, scheduled_clients
-from fedsb.core.personal import client_test_shares
 from fedsb.core.validation import all_finite
 from fedsb.devices import client_rng
 from fedsb.errors import FedsbError
@@ -452,7 +451,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     # simulator's Simulator.evaluate, per client); in deployment the node's test split is its own share.
     load_local(node, context)
     share = fed.task.test if node.client == 0 and len(fed.shards) == 1 else \
-        client_test_shares(fed.task.test, fed.shards, node.cfg.seed)[node.client]
+        fed.test_shares()[node.client]
     common = scalar_metrics(fed.objective.evaluate(fed.adapted.model, fed.task.test, bs))
     own = scalar_metrics(fed.objective.evaluate(fed.adapted.model, share, bs)) if share else {}
     out: dict[str, int | float | list[int] | list[float]] = {**{f"common-{k}": v for k, v in common.items()}, **{f"own-{k}": v for k, v in own.items()},

@@ -37,7 +37,7 @@ from fedsb.config import RunConfig
 from fedsb.core import rounds as _rounds
 from fedsb.core.client import ClientTrainer, train_client
 from fedsb.core.federation import Federation, build_federation, initialise_adapters
-from fedsb.core.personal import client_test_shares, personal_columns, personalised_metrics
+from fedsb.core.personal import personal_columns, personalised_metrics
 from fedsb.core.rounds import BaseVersions, cached, complete_row, gated_rounds, round_row, server_step
 from fedsb.core.summary import run_summary
 from fedsb.core.validation import UpdateValidator
@@ -247,7 +247,7 @@ class FedsbStrategy(Strategy):
             return personalised_metrics(common, own)
         out = fed.objective.evaluate(fed.adapted.model, fed.task.test, bs)
         if fed.method.personalised or self.cfg.eval.personal == "on":
-            shares = client_test_shares(fed.task.test, fed.shards, self.cfg.seed)
+            shares = fed.test_shares()
             own = [(len(sh), fed.objective.evaluate(fed.adapted.model, sh, bs)) for sh in shares]
             if fed.method.personalised:
                 return personalised_metrics([(len(s), out) for s in fed.shards], own)

@@ -26,7 +26,7 @@ from fedsb.comm.accounting import CommLedger, Size, size_of, to_wire
 from fedsb.config import RunConfig
 from fedsb.core.client import ClientTrainer, train_client
 from fedsb.core.federation import Federation, build_federation, initialise_adapters
-from fedsb.core.personal import client_test_shares, personal_columns, personalised_metrics
+from fedsb.core.personal import personal_columns, personalised_metrics
 from fedsb.core.rounds import BaseVersions, cached, complete_row, gated_rounds, round_row, server_step
 from fedsb.core.summary import run_summary
 from fedsb.core.validation import UpdateValidator, all_finite
@@ -140,7 +140,7 @@ class Simulator:
 
     def client_test_shares(self) -> list[list[Any]]:
         if self._shares is None:
-            self._shares = client_test_shares(self.fed.task.test, self.fed.shards, self.cfg.seed)
+            self._shares = self.fed.test_shares()
         return self._shares
 
     # --- one round ---------------------------------------------------------------------------------

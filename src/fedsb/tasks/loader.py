@@ -8,7 +8,9 @@ everything else (causal LMs, other formats) goes through :func:`load`.
 directories (the LLM-Adapters commonsense folder: ARC-Challenge, boolq, ...). A suite is one task: its train
 split is the union of the sub-folders' train splits, its test split the union of their test splits (a
 sub-folder with one split contributes only that one; nothing is carved out of it), and every example carries
-``meta["source"]`` = its sub-folder's name. Without ``task.path``, ``task.name`` is a builtin, a short hub
+``meta["source"]`` = its sub-folder's name. A BIG-bench task with sub-tasks (a folder of sub-folders each holding a
+``task.json``, such as arithmetic) is a suite too, for a causal LM: ``task.subtasks`` picks sub-tasks by name or
+glob pattern, and each sub-task's split is carved with the fixed :data:`SUBSAMPLE_SEED`. Without ``task.path``, ``task.name`` is a builtin, a short hub
 alias (gsm8k, metamathqa, snli, mnli, commonsense170k) or any hub dataset id (needs the network, or a copy in
 the local ``datasets`` cache). ``task.format = auto`` recognises the format from the fields of the first
 record (of each sub-folder, for a suite).
@@ -21,6 +23,7 @@ methods and seeds all train and test on the same examples.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import random
 from collections.abc import Callable
@@ -51,6 +54,8 @@ HUB_ALIASES: dict[str, tuple[str, str | None, str, str]] = {
 LOCAL_ONLY: dict[str, str] = {
     "llm-adapters-commonsense": "the LLM-Adapters commonsense folder: one sub-folder per data set (ARC-Challenge, boolq, "
                                 "...) with train.json and/or test.json",
+    "bigbench-arithmetic": "BIG-bench's arithmetic folder: one sub-folder per sub-task (2_digit_addition, ...), each with a "
+                           "task.json",
 }
 # Seed of the per-source subsamples: fixed, so every run of a benchmark (any method, any seed) sees the same examples.
 SUBSAMPLE_SEED = 0
@@ -116,8 +121,13 @@ def gather(cfg: TaskConfig) -> Splits:
     if not p.exists():
         raise FedsbError(f"data path {str(p)!r} not found; check task.path")
     if p.is_dir():
-        if (p / "task.json").is_file():
+        if (p / "task.json").is_file() and _is_bigbench(p / "task.json"):
+            if cfg.subtasks:
+                raise UsageError(f"{p} is a BIG-bench task without sub-tasks; drop task.subtasks")
             return Splits(p.name, [], [], bigbench=p / "task.json")
+        subtasks = bigbench_subtasks(p, cfg.subtasks)
+        if subtasks:
+            return Splits(p.name, [], [], parts=[Splits(d.name, [], [], bigbench=d / "task.json") for d in subtasks])
         files = split_files(p)
         if not files:
             subs = suite_folders(p)
@@ -126,9 +136,27 @@ def gather(cfg: TaskConfig) -> Splits:
             raise FedsbError(f"{p} holds no train.json[l] or test.json[l] (nor task.json), directly or one level down; "
                              "point task.path at a data file or a folder of data folders")
         return _read_split_files(p.name, files)
+    if cfg.subtasks:
+        raise UsageError(f"task.subtasks selects sub-tasks of a BIG-bench folder, and {str(p)!r} is a file; point "
+                         "task.path at the folder that holds the sub-task folders, or drop task.subtasks")
     if p.suffix == ".json" and cfg.format in ("auto", "bigbench") and _is_bigbench(p):
         return Splits(p.parent.name if p.stem == "task" else p.stem, [], [], bigbench=p)
     return Splits(p.stem if p.stem not in ("train", "test") else p.parent.name, read_records(p), [])
+
+
+def bigbench_subtasks(p: Path, patterns: list[str]) -> list[Path]:
+    """The sub-folders of ``p`` holding a BIG-bench ``task.json`` (BIG-bench's layout for a task with sub-tasks,
+    e.g. arithmetic), sorted by name, kept when their name matches one of ``patterns`` (all when empty)."""
+    found = sorted((d for d in p.iterdir() if d.is_dir() and (d / "task.json").is_file()), key=lambda d: d.name)
+    if not patterns:
+        return found
+    if not found:
+        raise UsageError(f"task.subtasks is set but {p} has no sub-folders with a task.json; drop task.subtasks")
+    unmatched = [pat for pat in patterns if not any(fnmatch.fnmatchcase(d.name, pat) for d in found)]
+    if unmatched:
+        raise UsageError(f"task.subtasks {unmatched} match no sub-task of {p.name}; it has "
+                         + ", ".join(d.name for d in found))
+    return [d for d in found if any(fnmatch.fnmatchcase(d.name, pat) for pat in patterns)]
 
 
 def suite_folders(p: Path) -> list[Path]:
@@ -220,8 +248,15 @@ def load_suite(splits: Splits, cfg: TaskConfig, kind: TaskKind) -> TaskData:
     train: list[Example] = []
     test: list[Example] = []
     for part in splits.parts:
-        train += cap_per_source(tag_source(convert_records(part.train, cfg, kind), part.name), cfg.max_train_per_source, "train")
-        test += cap_per_source(tag_source(convert_records(part.test, cfg, kind), part.name), cfg.max_test_per_source, "test")
+        if part.bigbench is not None:
+            # a BIG-bench sub-task has no split of its own: carved with the fixed SUBSAMPLE_SEED, so that every
+            # run seed tests on the same examples
+            part_train, part_test = split_train_test(read_bigbench_instructions(part.bigbench)[0], cfg.test_fraction,
+                                                     SUBSAMPLE_SEED)
+        else:
+            part_train, part_test = convert_records(part.train, cfg, kind), convert_records(part.test, cfg, kind)
+        train += cap_per_source(tag_source(part_train, part.name), cfg.max_train_per_source, "train")
+        test += cap_per_source(tag_source(part_test, part.name), cfg.max_test_per_source, "test")
     if not train and not test:
         raise FedsbError(f"task {splits.name!r} has no usable examples in its sub-folders; check task.path")
     rng = random.Random(SUBSAMPLE_SEED)
@@ -238,7 +273,8 @@ def load_eval_examples(cfg: TaskConfig, kind: TaskKind = "causal-lm", seed: int 
     splits = gather(cfg)
     if splits.parts is not None:
         return splits.name, [e for part in splits.parts
-                             for e in tag_source(convert_records(part.test or part.train, cfg, kind), part.name)]
+                             for e in tag_source(read_bigbench_instructions(part.bigbench)[0] if part.bigbench is not None
+                                                 else convert_records(part.test or part.train, cfg, kind), part.name)]
     if splits.bigbench is not None:
         return splits.name, read_bigbench_instructions(splits.bigbench)[0]
     records = splits.test or splits.train

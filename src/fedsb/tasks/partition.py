@@ -1,5 +1,6 @@
 """Split training examples over clients: flwr-datasets' partitioners (IID, Dirichlet-by-label, shards) and a
-by-source split (``source``) for suites of data sets.
+by-source split (``source``) for suites of data sets. Dirichlet and shards split by the class label or, with
+``federation.split_by = "source"``, by each example's source (:func:`split_key`).
 
 ``source`` is hand-written: flwr-datasets has no "home share" partitioner. Its NaturalIdPartitioner and
 GroupedNaturalIdPartitioner give whole ids to partitions (no mixing, one partition per id or group),
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, ShardPartitioner
 
 from fedsb.errors import UsageError
+from fedsb.tasks.base import Example
 
 
 def partition_indices(
@@ -62,6 +64,21 @@ def partition_indices(
             out[j % num_clients].append(i)
         out = [sorted(p) for p in out]
     return _check_nonempty(out, scheme)
+
+
+def split_key(split_by: str, examples: Sequence[Example]) -> Callable[[Example], int | None]:
+    """What ``dirichlet`` and ``shards`` split by, and what a client's test share follows: the class label
+    (``split_by = "label"``), or the index of the example's source (sub-task or data set of a suite) among the
+    sources of ``examples`` in name order (``"source"``; an unknown source maps to None)."""
+    if split_by == "label":
+        return lambda e: e.label
+    if split_by != "source":
+        raise UsageError(f"unknown federation.split_by {split_by!r}; choose label or source")
+    if not examples or any(e.meta.get("source") is None for e in examples):
+        raise UsageError("federation.split_by = 'source' needs examples tagged with their source: point task.path at a "
+                         "suite (a folder of data folders, or a BIG-bench task with sub-tasks), or split by label")
+    index = {name: i for i, name in enumerate(sorted({str(e.meta["source"]) for e in examples}))}
+    return lambda e: index.get(str(e.meta.get("source")))
 
 
 def _check_nonempty(out: list[list[int]], scheme: str) -> list[list[int]]:

@@ -461,7 +461,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], results: list[RunResult]
         "",
         "Accuracy: final test accuracy, mean ± sample std over seeds (a personalised method has no global model: "
         "the mean of its clients' own models on the test set, weighted by their training examples). Own share: each "
-        "client's model on its own test share (the test set dealt by each client's label mix); worst client: the "
+        "client's model on its own test share (the test set dealt by each client's training mix of labels, or of sources with federation.split_by = source); worst client: the "
         "lowest of those. Parameters and bytes: per client per round "
         "(float32 on the wire, head included). One-time: per client (Fed-SB's B/A broadcast and init-gradient upload). "
         "Wall: mean seconds per run.",

@@ -54,6 +54,15 @@ def test_split_by_source_keys_on_the_sub_task_and_refuses_untagged_examples() ->
     assert sorted(len({by_source(ex[i]) for i in p}) for p in parts) == [1, 1, 1]
 
 
+def test_split_by_applies_only_to_the_skewed_schemes() -> None:
+    from fedsb.tasks.partition import effective_split_by
+
+    assert effective_split_by("dirichlet", "source") == "source"
+    assert effective_split_by("shards", "source") == "source"
+    assert effective_split_by("iid", "source") == "label"
+    assert effective_split_by("dirichlet", "label") == "label"
+
+
 def test_test_shares_follow_the_sources_a_client_trained_on() -> None:
     from fedsb.core.personal import client_test_shares
     from fedsb.tasks.base import Example

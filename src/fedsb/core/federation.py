@@ -29,7 +29,7 @@ from fedsb.models.load import LoadedModel, ModelKind, load_model, resolve_device
 from fedsb.objectives.base import Objective
 from fedsb.tasks import load_task
 from fedsb.tasks.base import Example, TaskData
-from fedsb.tasks.partition import partition_indices, split_key
+from fedsb.tasks.partition import effective_split_by, partition_indices, split_key
 
 
 @dataclass
@@ -74,7 +74,7 @@ class Federation:
     def test_shares(self) -> list[list[Example]]:
         """The common test set dealt over the clients by their training mix of what the split went by (label or
         source; :func:`fedsb.core.personal.client_test_shares`)."""
-        by = self.cfg.federation.split_by if self.cfg.federation.partition in ("dirichlet", "shards") else "label"
+        by = effective_split_by(self.cfg.federation.partition, self.cfg.federation.split_by)
         return client_test_shares(self.task.test, self.shards, self.cfg.seed, split_key(by, self.task.train))
 
     def init_batches(self, examples: list[Example], seed: int):
@@ -160,8 +160,7 @@ def assemble_federation(cfg: RunConfig, loaded: LoadedModel, task: TaskData) -> 
         # gets (never the test split, which would leak evaluation data into the init).
         n_pub = min(cfg.init.samples, max(1, len(pool) // 10))
         public, pool = pool[:n_pub], pool[n_pub:]
-    key = split_key(cfg.federation.split_by, pool) if cfg.federation.partition in ("dirichlet", "shards") \
-        else split_key("label", pool)
+    key = split_key(effective_split_by(cfg.federation.partition, cfg.federation.split_by), pool)
     labels = [k if (k := key(e)) is not None else 0 for e in pool]
     idx = partition_indices(
         labels, cfg.federation.clients, cfg.federation.partition, cfg.seed, cfg.federation.dirichlet_alpha,

@@ -66,6 +66,12 @@ def partition_indices(
     return _check_nonempty(out, scheme)
 
 
+def effective_split_by(partition: str, split_by: str) -> str:
+    """What a ``partition`` scheme actually splits by: ``split_by`` for the skewed schemes (``dirichlet``,
+    ``shards``); every other scheme ignores it, and client test shares then follow the label."""
+    return split_by if partition in ("dirichlet", "shards") else "label"
+
+
 def split_key(split_by: str, examples: Sequence[Example]) -> Callable[[Example], int | None]:
     """What ``dirichlet`` and ``shards`` split by, and what a client's test share follows: the class label
     (``split_by = "label"``), or the index of the example's source (sub-task or data set of a suite) among the

@@ -89,11 +89,15 @@ def simulate_with_resume(method: str, out: Path, wire: str) -> Simulator:
 def flower_with_resume(method: str, out: Path, wire: str) -> FedsbStrategy:
     """Flower over a FakeGrid, the ServerApp killed when round CRASH is sent, then resumed (a new run: fresh nodes)."""
     cfg, opts = config(method, out), FlowerOptions(wire_dtype=wire)
-    grid = FakeGrid(client_app, 3)
+
+    def node_config(i: int, k: int) -> dict[str, Any]:  # each node's own disk, for FedSA-LoRA's personal tensors
+        return {"partition-id": i, "num-partitions": k, "state-dir": str(out / f"node{i}")}
+
+    grid = FakeGrid(client_app, 3, node_config)
     crash_on_train_round(grid, CRASH)
     with pytest.raises(KeyboardInterrupt):
         serve(grid, server_context(), cfg, opts)
-    return serve(FakeGrid(client_app, 3), server_context(), cfg, opts, resume=True)
+    return serve(FakeGrid(client_app, 3, node_config), server_context(), cfg, opts, resume=True)
 
 
 @pytest.mark.parametrize("wire", ["float32", "bfloat16"])

@@ -79,4 +79,5 @@ def test_matching_pins_are_accepted() -> None:
 def test_local_deployment_pins_model_and_task_on_every_supernode(tmp_path: Path) -> None:
     dep = LocalDeployment(2, tmp_path, pins={"model-name": "tiny-bert", "task": "intent_recognition"})
     cfgs = [dep.node_config(i) for i in range(2)]
-    assert cfgs == [f'partition-id={i} num-partitions=2 model-name="tiny-bert" task="intent_recognition"' for i in range(2)]
+    assert cfgs == [f'partition-id={i} num-partitions=2 state-dir="{tmp_path / f"supernode{i}" / "state"}" '
+                    'model-name="tiny-bert" task="intent_recognition"' for i in range(2)]

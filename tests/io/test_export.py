@@ -17,7 +17,8 @@ from tests.helpers import tiny_federation
 @pytest.mark.parametrize(
     ("model", "method"),
     [("tiny-bert", "fed-sb"), ("tiny-llama", "fed-sb"), ("tiny-gpt2", "fed-sb"), ("tiny-bert", "fedex-lora"),
-     ("tiny-bert", "flora"), ("tiny-gpt2", "ffa-lora"), ("tiny-bert", "ravan"), ("tiny-gpt2", "ravan")],
+     ("tiny-bert", "flora"), ("tiny-gpt2", "ffa-lora"), ("tiny-bert", "ravan"), ("tiny-gpt2", "ravan"),
+     ("tiny-bert", "fedsvd"), ("tiny-gpt2", "rolora")],
 )
 def test_peft_adapter_reproduces_our_logits(model: str, method: str, tmp_path: Path) -> None:
     fed = tiny_federation(model, method, federation={"rounds": 2})

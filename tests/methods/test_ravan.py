@@ -16,7 +16,7 @@ from fedsb.cli import main
 from fedsb.comm.accounting import layer_round_params, one_time_params
 from fedsb.core.client import train_client
 from fedsb.core.federation import Federation
-from fedsb.core.summary import layer_dims
+from fedsb.core.summary import analytic_round_params, layer_dims
 from fedsb.errors import UsageError
 from fedsb.methods import METHODS, method_options
 from fedsb.methods.base import ClientUpdate, ServerState, aggregation_weights
@@ -190,6 +190,10 @@ def test_payload_sizes_equal_the_formulas() -> None:
     ups = [ks[c] * R_H * R_H * len(layers) + head for c in sampled]  # the ledger counts what was sent
     assert row["upload_bytes_round"] == 4 * sum(ups) and row["upload_params_per_client"] == max(ups), row
     assert row["clients_accepted"] == len(sampled)
+    # The summary's per-client formula is the largest client's: all 4 heads here, 2 of 4 when every client has half.
+    assert analytic_round_params(fed, 3) == (4 * R_H * R_H * len(layers) + head, len(layers) * R * R + head)
+    half = ravan_fed(selection="random", head_fractions=[0.5])
+    assert analytic_round_params(half, 3) == (2 * R_H * R_H * len(layers) + head, len(layers) * R * R + head)
 
 
 def test_random_selection_is_seeded_by_seed_round_and_client() -> None:

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import torch
 
-from fedsb.comm.accounting import CommLedger, LayerDims, dtype_bytes, round_params
+from fedsb.comm.accounting import CommLedger, LayerDims, dtype_bytes
 from fedsb.config import RunConfig
 from fedsb.core.client import ClientTrainer
 from fedsb.core.federation import Federation, layer_shapes
@@ -33,8 +33,9 @@ def layer_dims(fed: Federation) -> list[LayerDims]:
 
 def analytic_round_params(fed: Federation, k: int) -> tuple[int, int]:
     """(upload, download) parameters per client per round from the method's formula (head included)."""
-    head = sum(p.numel() for p in fed.adapted.head_parameters())
-    return round_params(fed.cfg.method, fed.cfg.adapter.rank, layer_dims(fed), k, head)
+    head = sum(p.numel() for p in fed.adapted.head_parameters()) if fed.method.head_travels else 0
+    up, down = fed.method.round_params(fed.cfg.adapter.rank, [(d.d_out, d.d_in) for d in layer_dims(fed)], k, len(fed.shards))
+    return up + head, down + head
 
 
 def analytic_one_time(fed: Federation) -> dict[str, int]:

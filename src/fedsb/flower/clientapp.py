@@ -38,6 +38,7 @@ from fedsb.core.federation import Federation, build_federation, client_init_mess
 from fedsb.core.validation import all_finite
 from fedsb.devices import client_rng
 from fedsb.errors import FedsbError
+from fedsb.flower import node_store
 from fedsb.flower.records import array_record, dumps, from_record, record_int, to_record
 from fedsb.flower.secagg import LEGACY_PARAMS, secagg_train, selective_secaggplus_mod
 from fedsb.init.broadcast import decode_bases, layer_dims
@@ -72,6 +73,7 @@ class Node:
     partition: int
     wire: str
     planned: list[int]  # the rounds the server's (public) schedule gives this partition
+    store: Path | None = None  # this node's own disk for its personal tensors (fedsb.flower.node_store)
 
 
 class Refused(FedsbError):
@@ -164,7 +166,8 @@ def load_node(context: Context) -> Node:
     fed.adapted.set_residual_state(from_record(st[STATE_RESIDUAL]) if STATE_RESIDUAL in st else {})
     if STATE_ONETIME in st:
         fed.adapted.set_state(from_record(st[STATE_ONETIME]))
-    return Node(cfg, fed, client, pid, str(meta["wire-dtype"]), planned)
+    store = node_store.store_dir(context, str(meta["config"]), pid) if fed.method.local_names(fed.adapted) else None
+    return Node(cfg, fed, client, pid, str(meta["wire-dtype"]), planned, store)
 
 
 def dp_trainer(node: Node, context: Context) -> Any:
@@ -308,7 +311,7 @@ def local_round(node: Node, context: Context, payload: dict[str, Tensor], base_a
         if dp.mode == "client":  # sample-level DP charges its steps inside; here the server's release of this round
             dp.charge_node_round(node.client)
         save_dp(dp, context)
-        save_local(node, context)
+        save_local(node, context, rnd)
         return method.client_update(fed.adapted), {**metrics, **dp_report(node, dp)}
     load_fn, state_fn = getattr(_TRAINER, "load_state_dict", None), getattr(_TRAINER, "state_dict", None)
     if callable(load_fn) and STATE_TRAINER in context.state.config_records:
@@ -318,16 +321,56 @@ def local_round(node: Node, context: Context, payload: dict[str, Tensor], base_a
         metrics = _TRAINER(fed, node.client, rnd, step_offset)
     if callable(state_fn):
         context.state[STATE_TRAINER] = ConfigRecord({"json": json.dumps(state_fn())})
-    save_local(node, context)
+    save_local(node, context, rnd)
     return method.client_update(fed.adapted), metrics
 
 
-def save_local(node: Node, context: Context) -> None:
+def save_local(node: Node, context: Context, rnd: int) -> None:
+    """Keep this node's personal tensors after training round ``rnd``: in ``Context.state`` for the next
+    message, and on the node's own disk (when it has a store) for a resumed run."""
     names = node.fed.method.local_names(node.fed.adapted)
     if names:
         mine = node.fed.adapted.get_state(names)
         if all_finite(mine):  # a diverged round leaves the node's personal tensors as they were
             context.state[STATE_LOCAL] = to_record(mine, "float32")
+            if node.store is not None:
+                node_store.save_round(node.store, rnd, mine)
+
+
+def restore_local(node: Node, context: Context, config: ConfigRecord, metrics: dict[str, Any]) -> None:
+    """Setup of a personalised method: a resumed run takes the node's personal tensors from its own disk as
+    of the server's checkpoint (``resume-round``); a new run clears what an earlier one with this config left.
+    The reply says whether the node has a store and which round it restored, for the server to check."""
+    names = set(node.fed.method.local_names(node.fed.adapted))
+    if not names:
+        return
+    metrics["local-store"] = int(node.store is not None)
+    if node.store is None:
+        return
+    if "resume-round" not in config:
+        node_store.clear(node.store)
+        return
+    rnd, own = node_store.restore(node.store, record_int(config, "resume-round", "setup config"), node.fed.adapted.shapes(), names)
+    if own:
+        context.state[STATE_LOCAL] = to_record(own, "float32")
+    elif STATE_LOCAL in context.state.array_records:
+        del context.state.array_records[STATE_LOCAL]
+    metrics["local-round"] = rnd
+
+
+def export_personal(node: Node) -> None:
+    """The node's own final model (shared A, its B and task head), written where only it can read it: its
+    store, as ``adapter_state.safetensors`` and the PEFT adapter ``adapter/`` (the simulator writes the same
+    as ``adapter-client-<i>/``)."""
+    from fedsb.io.export import export_peft
+    from fedsb.io.state_io import save_tensors
+
+    fed = node.fed
+    if node.store is None:
+        return
+    meta = {"method": fed.cfg.method, "rank": str(fed.cfg.adapter.rank)}
+    save_tensors(node.store / "adapter_state.safetensors", fed.adapted.get_state(), metadata=meta)
+    export_peft(fed.adapted, node.store / "adapter", fed.loaded.source, "SEQ_CLS" if fed.loaded.kind == "classification" else "CAUSAL_LM")
 
 
 def node_refusal(node: Node, context: Context, rnd: int) -> str | None:
@@ -362,6 +405,7 @@ def setup(msg: Message, context: Context) -> Message:
     context.state[STATE_META] = ConfigRecord({"config": str(c["fedsb-config"]), "wire-dtype": str(c["wire-dtype"])})
     node = load_node(context)
     metrics: dict[str, Any] = {"partition-id": node.partition, "num-examples": len(node.fed.shards[node.client])}
+    restore_local(node, context, c, metrics)
     content = RecordDict()
     dp = dp_trainer(node, context)
     if dp is not None and "dp-histories" in c:  # a resumed run: the server's record of this node's accountant
@@ -456,4 +500,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     own = scalar_metrics(fed.objective.evaluate(fed.adapted.model, share, bs)) if share else {}
     out: dict[str, int | float | list[int] | list[float]] = {**{f"common-{k}": v for k, v in common.items()}, **{f"own-{k}": v for k, v in own.items()},
            "own-examples": len(share), "train-examples": len(fed.shards[node.client]), "num-examples": len(fed.task.test)}
+    if bool(msg.content["config"].get("final", False)):
+        export_personal(node)
+        out["exported"] = int(node.store is not None)
     return Message(content=RecordDict({"metrics": MetricRecord(out)}), reply_to=msg)

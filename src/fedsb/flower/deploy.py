@@ -182,9 +182,10 @@ class LocalDeployment:
         return self
 
     def node_config(self, i: int) -> str:
-        """SuperNode ``i``'s ``--node-config``: its partition, its own data file if any, and the pins with which
-        it refuses a server config naming another model or task."""
-        parts = [f"partition-id={i}", f"num-partitions={self.supernodes}"]
+        """SuperNode ``i``'s ``--node-config``: its partition, its own disk for the tensors it never sends, its own
+        data file if any, and the pins with which it refuses a server config naming another model or task."""
+        parts = [f"partition-id={i}", f"num-partitions={self.supernodes}",
+                 f"state-dir={toml_value(str(self.home / f'supernode{i}' / 'state'))}"]  # its personal tensors
         if self.data_paths:
             parts.append(f"data-path={toml_value(self.data_paths[i])}")
         parts += [f"{k}={toml_value(v)}" for k, v in self.pins.items()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from fedsb.config import RunConfig
@@ -33,12 +34,23 @@ def simulate(cfg: RunConfig, options: FlowerOptions | None = None, resume: bool 
     from flwr.simulation import run_simulation
 
     from fedsb.flower.clientapp import app as client_app
+    from fedsb.flower.node_store import STATE_DIR_ENV
     from fedsb.flower.serverapp import make_server_app
+    from fedsb.io.outputs import default_out
 
+    cfg.out = cfg.out or str(default_out(cfg))
+    # One person runs every party: the virtual nodes keep their personal tensors (FedSA-LoRA) under the run
+    # directory, unless the caller chose a place (the variable is read by the ClientApps, Ray workers included).
+    before = os.environ.get(STATE_DIR_ENV)
+    os.environ[STATE_DIR_ENV] = before or str(Path(cfg.out) / "node-state")
     results: dict[str, Any] = {}
-    run_simulation(server_app=make_server_app(cfg, options, resume, results), client_app=client_app,
-                   num_supernodes=cfg.federation.clients, backend_config=backend or backend_config(),
-                   verbose_logging=verbose)
+    try:
+        run_simulation(server_app=make_server_app(cfg, options, resume, results), client_app=client_app,
+                       num_supernodes=cfg.federation.clients, backend_config=backend or backend_config(),
+                       verbose_logging=verbose)
+    finally:
+        if before is None:
+            os.environ.pop(STATE_DIR_ENV, None)
     if "strategy" not in results:
         raise FedsbError("the Flower simulation ended without a result; rerun with --debug and read the ServerApp log above")
     return results["strategy"]

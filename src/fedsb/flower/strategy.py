@@ -156,7 +156,9 @@ class FedsbStrategy(Strategy):
             time.sleep(0.2)
 
     # --- setup: config to every node, LoRA-SB init round, one-time broadcast -----------------------------
-    def setup(self, grid: MeteredGrid, resume: bool = False) -> None:
+    def setup(self, grid: MeteredGrid, resume: bool = False, resumed_at: int = 0) -> None:
+        """Config to every node, the LoRA-SB init round and the one-time broadcast; after a resume (from the
+        checkpoint of round ``resumed_at``) only the config, each node restoring what it keeps on its own disk."""
         fed, cfg = self.fed, self.cfg
         grid.phase, grid.round = "setup", 0
         nodes = self.wait_for_nodes(grid)
@@ -164,6 +166,8 @@ class FedsbStrategy(Strategy):
         want_init = fed.method.gradient_init and source.federated and not resume
         cfg_json = self._fed_config()
         setup_cfg: dict[str, Any] = {"fedsb-config": cfg_json, "wire-dtype": self.options.wire_dtype, "want-init": want_init}
+        if resume:  # nodes of a personalised method restore their own tensors as of this round
+            setup_cfg["resume-round"] = resumed_at
         if resume and self.dp is not None:  # each node keeps the longer of this record and its own accountant
             setup_cfg["dp-histories"] = json.dumps({k: [list(e) for e in v] for k, v in self.dp.ledger.histories.items()})
         msgs = [self._message(RecordDict({"config": ConfigRecord(dict(setup_cfg))}), n, SETUP) for n in nodes]
@@ -191,6 +195,7 @@ class FedsbStrategy(Strategy):
             raise FedsbError(f"{len(self.node_of)} of {cfg.federation.clients} partitions answered the setup round; check the SuperNode logs")
         self.validator.declare({str(p): n for p, n in self.examples.items()})  # every round's count must match
         if resume:
+            self.check_restored(replies, resumed_at)
             return
         client_messages = [init_msgs[p] for p in sorted(init_msgs)] if want_init else None
         if client_messages and isinstance(self.dp, ClientLevelDP):
@@ -209,6 +214,27 @@ class FedsbStrategy(Strategy):
                 "seconds": round(self.init_seconds, 3),
                 **{k: v for k, v in wire.items()}}
         self._emit(row0)
+
+    def check_restored(self, replies: list[Message], resumed_at: int) -> None:
+        """A resume of a personalised method: refuse when a node keeps its own tensors only in memory (they would
+        restart from their initial values), and say so when a node restored an older round than the schedule had
+        it train (right if it failed that round; otherwise its store lost rounds)."""
+        if not self.method.local_names(self.fed.adapted):
+            return
+        for r in replies:
+            m = r.content["metrics"]
+            pid = record_int(m, "partition-id", "setup reply")
+            if not record_int(m, "local-store", f"setup reply of partition {pid}"):
+                raise FedsbError(
+                    f"flower.resume: partition {pid} keeps its {self.method.name} tensors only in memory, so a resumed run would "
+                    "restart them from their initial values; start its SuperNode with --node-config 'state-dir=DIR' "
+                    "(or FEDSB_NODE_STATE_DIR) from the first run on, or start the run afresh"
+                )
+            scheduled = [k for k in range(1, resumed_at + 1) if pid in self.fed.sample_clients(k)]
+            held = record_int(m, "local-round", f"setup reply of partition {pid}")
+            if scheduled and held < scheduled[-1]:
+                print(f"[fedsb] partition {pid} restored its own tensors from round {held} but was scheduled in round "
+                      f"{scheduled[-1]}: right if it failed that round, otherwise its state-dir lost rounds")
 
     def sync(self, grid: MeteredGrid, next_round: int, resume: bool = False) -> None:
         """Send the one-time tensors (Fed-SB's B and A) to every node. Nodes have just been set up, so they hold
@@ -371,7 +397,8 @@ class FedsbStrategy(Strategy):
         assert self.state is not None
         msgs, downs = [], []
         for pid, down, content in self._base_messages(sorted(self.node_of)):
-            content["config"] = ConfigRecord({"server-round": server_round, "base-round": self.state.round})
+            final = server_round == (self.final_round or self.cfg.federation.rounds)  # personalised nodes export their own model
+            content["config"] = ConfigRecord({"server-round": server_round, "base-round": self.state.round, "final": final})
             msgs.append(self._message(content, self.node_of[pid], MessageType.EVALUATE))
             downs.append(down)
         self.comm.record_evaluate(downs)
@@ -434,7 +461,7 @@ class FedsbStrategy(Strategy):
         if self.state is None:
             self.setup(metered)
         else:
-            self.setup(metered, resume=True)
+            self.setup(metered, resume=True, resumed_at=start_round - 1)
             self.sync(metered, next_round=start_round, resume=True)
             self.payload = to_wire(self.method.broadcast(self.state), self.options.wire_dtype)
             wire = summarise(metered.take("setup") + metered.take("sync"))  # the ledger's resync, as metered

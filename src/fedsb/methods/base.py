@@ -134,6 +134,16 @@ class Method(ABC):
         """Parameters broadcast once at setup for one layer (Fed-SB's B and A). Default: none."""
         return 0
 
+    def round_params(self, r: int, dims: list[tuple[int, int]], k: int, clients: int) -> tuple[int, int]:
+        """(upload, download) parameters per client per round for layers of ``(d_out, d_in)`` under this
+        instance's options, the largest over the ``clients`` clients where they differ (the class formula by
+        default; RAVAN's head subsets upload less). A task head is counted by the caller."""
+        up = down = 0
+        for d_out, d_in in dims:
+            u, dn = self.layer_round_params(r, d_out, d_in, k)
+            up, down = up + u, down + dn
+        return up, down
+
     def one_time_download(self, r: int, dims: list[tuple[int, int]]) -> int:
         """Parameters broadcast once per client for layers of ``(d_out, d_in)``, under this instance's options
         (the class formula by default; RAVAN's depends on its ``heads``)."""

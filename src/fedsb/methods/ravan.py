@@ -143,6 +143,13 @@ class RAVAN(Method):
         # heads * r_h = sqrt(heads) * r columns of B and rows of A; the formula assumes the default heads.
         return math.isqrt(RavanOptions().heads) * r * (d_in + d_out)
 
+    def round_params(self, r: int, dims: list[tuple[int, int]], k: int, clients: int) -> tuple[int, int]:
+        # A client training K_c of the h heads uploads K_c r_h^2 per layer; every client gets all h r_h^2 = r^2.
+        heads = self.options.heads
+        trained = heads if self.options.selection == "all" else max(self.heads_for(c, heads) for c in range(max(1, clients)))
+        r_h = self.head_rank(r, heads)
+        return trained * r_h * r_h * len(dims), r * r * len(dims)
+
     def one_time_download(self, r: int, dims: list[tuple[int, int]]) -> int:
         # heads * r_h = sqrt(heads) * r columns of B and rows of A, for this run's number of heads
         return sum(math.isqrt(self.options.heads) * r * (d_in + d_out) for d_out, d_in in dims)

@@ -18,7 +18,9 @@ from tests.helpers import tiny_config
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["fed-sb"])  # every method is compared over the in-process grid (test_strategy.py)
+# Every method is compared over the in-process grid (test_strategy.py); here Fed-SB, and FedSA-LoRA, whose nodes
+# (Ray workers) keep their personal tensors on disk under the run directory and export their own models.
+@pytest.mark.parametrize("method", ["fed-sb", "fedsa-lora"])
 def test_run_simulation_equals_the_simulator(method: str, tmp_path: Path) -> None:
     over = {"federation": {"clients": 3, "rounds": 2}}
     strategy = simulate(tiny_config(method=method, out=str(tmp_path / "flower"), **over), FlowerOptions(),
@@ -31,6 +33,11 @@ def test_run_simulation_equals_the_simulator(method: str, tmp_path: Path) -> Non
     assert len(rows) == 3 and '"wire_upload_payload_bytes"' in rows[-1]
     assert (tmp_path / "flower" / "checkpoint.safetensors").is_file()
     assert (tmp_path / "flower" / "adapter" / "adapter_config.json").is_file()
+    if method == "fedsa-lora":
+        assert strategy.rows[-1]["personal_accuracy"] == sim.rows[-1]["personal_accuracy"]
+        stores = sorted((tmp_path / "flower" / "node-state").glob("*/partition-*"))
+        assert [p.name for p in stores] == ["partition-0", "partition-1", "partition-2"]
+        assert all((p / "adapter" / "adapter_config.json").is_file() and list(p.glob("round-*")) for p in stores)
 
 
 def test_backend_config_joins_a_ray_cluster_without_local_resources() -> None:

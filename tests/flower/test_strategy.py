@@ -52,6 +52,22 @@ def test_same_result_as_the_simulator(method: str) -> None:
     assert s.rows[-1]["accuracy"] == pytest.approx(sim.rows[-1]["accuracy"])
 
 
+@pytest.mark.parametrize("selection", ["random", "gradient"])
+def test_ravan_head_subsets_and_fedsvd_with_partial_participation_equal_the_simulator(selection: str) -> None:
+    """Options the default-option comparison above leaves out: RAVAN clients training 1 or 2 of 4 heads (chosen at
+    random or by gradient score), and FedSVD's SVD after a round in which only some clients took part."""
+    over = {"adapter": {"rank": 4}, "method_options": {"selection": selection, "head_fractions": [0.25, 0.5]},
+            "federation": {"rounds": 3, "fraction": 0.67}}
+    s, _ = run_flower("ravan", **over)
+    sim = run_sim("ravan", **over)
+    assert max_diff(s.state.adapter, sim.state.adapter) <= 1e-6
+    assert s.comm.upload_params == sim.comm.upload_params < 3 * 2 * sum(t.numel() for t in sim.state.adapter.values())
+    if selection == "random":
+        part = {"federation": {"rounds": 3, "fraction": 0.67}}
+        f, _ = run_flower("fedsvd", **part)
+        assert max_diff(f.state.adapter, run_sim("fedsvd", **part).state.adapter) <= 1e-6
+
+
 @pytest.mark.parametrize("method", ["fedex-lora", "flora"])
 def test_clients_that_missed_rounds_catch_up(method: str) -> None:
     over = {"federation": {"fraction": 0.5, "rounds": 4}}

@@ -111,6 +111,10 @@ def test_simulator_and_flower_ledgers_are_equal_and_count_every_byte(method: str
     assert sim.rows[SKIP]["skipped"] and flower.rows[SKIP]["skipped"]
     assert [r["round"] for r in flower.rows] == list(range(ROUNDS + 1))
     assert dataclasses.asdict(flower.comm) == dataclasses.asdict(sim.comm)
+    # and the resumed runs end in the same state (a node that lost its Context.state in the resume included)
+    assert flower.state is not None and sim.state is not None and set(flower.state.adapter) == set(sim.state.adapter)
+    assert all(float((v - sim.state.adapter[k]).abs().max()) <= 1e-6 for k, v in flower.state.adapter.items())
+    assert flower.rows[-1].get("accuracy") == pytest.approx(sim.rows[-1].get("accuracy"))
     # every tensor byte the Flower grid carried is in the ledger: rounds, setup, the resume's re-send
     rounds = flower.rows[1:]
     assert sum(r["wire_download_payload_bytes"] for r in rounds) == flower.comm.download_bytes

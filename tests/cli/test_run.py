@@ -86,3 +86,23 @@ def test_methods_lists_each_methods_options(capsys: pytest.CaptureFixture[str]) 
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "method_options.heads = 4" in out and "method_options.svd_period = 1" in out
+
+
+@pytest.mark.parametrize("method", ["fedsvd", "rolora", "fedsa-lora"])
+def test_fedsb_run_with_sample_level_dp(method: str, tmp_path: Path) -> None:
+    """The 2025 methods from the command line under sample-level DP (RAVAN's: tests/methods/test_ravan.py):
+    every round evaluated, epsilon spent and within budget, the PEFT adapter(s) written."""
+    out = tmp_path / "run"
+    args = ["run", "--method", method, "--model", "tiny-bert", "--rounds", "3", "--steps", "2", "--rank", "4",
+            "--train.batch_size", "4", "--task.max_test_examples", "16", "--train.threads", "1", "--no-progress",
+            "--dp.mode", "sample", "--dp.epsilon", "3", "--out", str(out)]
+    assert main(args) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert all("accuracy" in r for r in rows) and 0 < rows[1]["epsilon"] < rows[-1]["epsilon"] <= 3.0
+    assert json.loads((out / "summary.json").read_text())["method"] == method
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    clients = sorted(p.name for p in out.glob("adapter-client-*"))
+    assert clients == (["adapter-client-0", "adapter-client-1", "adapter-client-2"] if method == "fedsa-lora" else [])
+    if method == "fedsa-lora":
+        assert all("personal_accuracy" in r for r in rows[1:])

@@ -154,20 +154,3 @@ def test_test_shares_partition_the_test_set_and_follow_each_clients_labels() -> 
     for shard, share in zip(fed.shards, shares, strict=True):
         train_labels = {e.label for e in shard}
         assert share and {e.label for e in share} <= train_labels, "a client is tested on labels it holds"
-
-
-def test_fedsb_run_with_sample_level_dp_writes_each_clients_adapter(tmp_path: Path) -> None:
-    import json
-
-    from fedsb.cli import main
-
-    out = tmp_path / "run"
-    args = ["run", "--method", "fedsa-lora", "--model", "tiny-bert", "--rounds", "2", "--steps", "2", "--rank", "4",
-            "--train.batch_size", "4", "--task.max_test_examples", "16", "--train.threads", "1", "--no-progress",
-            "--dp.mode", "sample", "--dp.epsilon", "3", "--out", str(out)]
-    assert main(args) == 0
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rows] == [0, 1, 2]
-    assert all("personal_accuracy" in r for r in rows[1:]) and 0 < rows[-1]["epsilon"] <= 3.0
-    assert json.loads((out / "summary.json").read_text())["method"] == "fedsa-lora"
-    assert sorted(p.name for p in out.glob("adapter-client-*")) == ["adapter-client-0", "adapter-client-1", "adapter-client-2"]

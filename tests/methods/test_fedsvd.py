@@ -188,18 +188,3 @@ def test_tiny_run_completes_and_the_server_holds_an_orthonormal_a() -> None:
         assert float((a @ a.T - torch.eye(a.shape[0])).abs().max()) < 1e-5
         assert torch.equal(layer.lora_A.weight.detach().cpu(), a)  # the server's model holds the broadcast
         assert float(layer.lora_B.weight.detach().norm()) > 0
-
-
-def test_fedsb_run_with_sample_level_dp(tmp_path: Path) -> None:
-    from fedsb.cli import main
-
-    out = tmp_path / "run"
-    args = ["run", "--method", "fedsvd", "--model", "tiny-bert", "--rounds", "2", "--steps", "2", "--rank", "4",
-            "--train.batch_size", "4", "--task.max_test_examples", "16", "--train.threads", "1", "--no-progress",
-            "--dp.mode", "sample", "--dp.epsilon", "3", "--out", str(out)]
-    assert main(args) == 0
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rows] == [0, 1, 2]
-    assert all("accuracy" in r for r in rows) and 0 < rows[-1]["epsilon"] <= 3.0
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["method"] == "fedsvd"

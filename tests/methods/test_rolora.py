@@ -96,20 +96,3 @@ def test_a_skipped_round_resends_the_factor_the_client_trained_locally() -> None
     assert set(method.download(broadcast, held=3, aggregations=3)) == set(broadcast)  # skipped: its A is its own
     assert set(method.download(broadcast, held=-1, aggregations=3)) == set(broadcast)  # unknown state
     assert set(method.download(broadcast, held=0, aggregations=3)) == set(broadcast)  # missed rounds
-
-
-def test_fedsb_run_with_sample_level_dp(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import json
-
-    from fedsb.cli import main
-
-    out = tmp_path / "run"
-    args = ["run", "--method", "rolora", "--model", "tiny-bert", "--rounds", "3", "--steps", "2", "--rank", "4",
-            "--train.batch_size", "4", "--task.max_test_examples", "16", "--train.threads", "1", "--no-progress",
-            "--dp.mode", "sample", "--dp.epsilon", "3", "--out", str(out)]
-    assert main(args) == 0
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rows] == [0, 1, 2, 3]
-    assert all("accuracy" in r for r in rows) and 0 < rows[1]["epsilon"] < rows[-1]["epsilon"] <= 3.0
-    assert json.loads((out / "summary.json").read_text())["method"] == "rolora"
-    assert (out / "adapter" / "adapter_config.json").is_file()

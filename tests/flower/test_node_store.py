@@ -36,18 +36,37 @@ def with_store(root: Path):  # type: ignore[no-untyped-def]
     return node_config
 
 
-def crash_and_resume(cfg: Any, first: Any, second: Any) -> tuple[Any, FakeGrid]:
+def crash_after_nodes_trained(grid: FakeGrid, n: int) -> None:
+    """The ServerApp dies after the nodes trained (and saved) round n, before it got their replies."""
+    real, calls = grid.send_and_receive, {"train": 0}
+
+    def send_and_receive(messages, *, timeout=None):  # type: ignore[no-untyped-def]
+        messages = list(messages)
+        out = real(messages, timeout=timeout)
+        if messages and messages[0].metadata.message_type == "train":
+            calls["train"] += 1
+            if calls["train"] == n:
+                raise KeyboardInterrupt("ServerApp killed")
+        return out
+
+    grid.send_and_receive = send_and_receive  # type: ignore[method-assign]
+
+
+def crash_and_resume(cfg: Any, first: Any, second: Any, late: bool = False, between: Any = None) -> tuple[Any, FakeGrid]:
     grid = FakeGrid(client_app, 3, first)
-    crash_on_train_round(grid, CRASH)
+    (crash_after_nodes_trained if late else crash_on_train_round)(grid, CRASH)
     with pytest.raises(KeyboardInterrupt):
         serve(grid, server_context(), cfg, FlowerOptions())
+    if between is not None:
+        between()
     again = FakeGrid(client_app, 3, second)
     return serve(again, server_context(), cfg, FlowerOptions(), resume=True), again
 
 
-def test_a_resumed_fedsa_run_continues_each_nodes_own_tensors(tmp_path: Path) -> None:
+@pytest.mark.parametrize("late", [False, True], ids=["crash-before-round", "crash-after-nodes-trained"])
+def test_a_resumed_fedsa_run_continues_each_nodes_own_tensors(late: bool, tmp_path: Path) -> None:
     cfg = tiny_config(method="fedsa-lora", out=str(tmp_path / "run"), federation={"rounds": ROUNDS, "fraction": 0.67})
-    flower, grid = crash_and_resume(cfg, with_store(tmp_path), with_store(tmp_path))
+    flower, grid = crash_and_resume(cfg, with_store(tmp_path), with_store(tmp_path), late=late)
     sim = Simulator(tiny_config(method="fedsa-lora", federation={"rounds": ROUNDS, "fraction": 0.67}), progress=False)
     ref = sim.run()
     for k, v in flower.state.adapter.items():
@@ -70,6 +89,28 @@ def test_a_resume_is_refused_when_a_node_kept_its_tensors_only_in_memory(tmp_pat
     cfg = tiny_config(method="fedsa-lora", out=str(tmp_path / "run"), federation={"rounds": ROUNDS})
     with pytest.raises(FedsbError, match="partition 0 keeps its fedsa-lora tensors only in memory"):
         crash_and_resume(cfg, None, None)
+
+
+def test_a_resume_is_refused_when_a_nodes_store_lost_rounds(tmp_path: Path) -> None:
+    import shutil
+
+    cfg = tiny_config(method="fedsa-lora", out=str(tmp_path / "run"), federation={"rounds": ROUNDS})
+    with pytest.raises(FedsbError, match="partition 1 restored its own fedsa-lora tensors from round 0 but reported saving them "
+                                         "after round 2; its state-dir lost rounds"):
+        crash_and_resume(cfg, with_store(tmp_path), with_store(tmp_path), between=lambda: shutil.rmtree(tmp_path / "node1"))
+
+
+def test_each_run_has_its_own_store_even_with_the_same_config(tmp_path: Path) -> None:
+    cfg = tiny_config(method="fedsa-lora", federation={"rounds": 1})
+    for i in range(2):
+        serve(FakeGrid(client_app, 3, with_store(tmp_path)), server_context(), cfg.model_copy(update={"out": str(tmp_path / f"r{i}")}),
+              FlowerOptions())
+    runs = sorted(p.parent.name for p in (tmp_path / "node0").glob("*/partition-0"))
+    assert len(runs) == 2 and all(len(r) == 32 for r in runs)
+    assert all(node_store.saved_rounds(p) == [1] for p in (tmp_path / "node0").glob("*/partition-0"))
+    node = Context(run_id=1, node_id=1, node_config={"state-dir": str(tmp_path)}, state=RecordDict(), run_config={})
+    with pytest.raises(FedsbError, match="is not 32 hex digits"):
+        node_store.store_dir(node, "../../etc", 0)
 
 
 def test_the_store_keeps_what_a_resume_can_need_and_refuses_another_runs_files(tmp_path: Path) -> None:

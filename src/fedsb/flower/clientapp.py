@@ -166,7 +166,7 @@ def load_node(context: Context) -> Node:
     fed.adapted.set_residual_state(from_record(st[STATE_RESIDUAL]) if STATE_RESIDUAL in st else {})
     if STATE_ONETIME in st:
         fed.adapted.set_state(from_record(st[STATE_ONETIME]))
-    store = node_store.store_dir(context, str(meta["config"]), pid) if fed.method.local_names(fed.adapted) else None
+    store = node_store.store_dir(context, str(meta.get("run-id", "")), pid) if fed.method.local_names(fed.adapted) else None
     return Node(cfg, fed, client, pid, str(meta["wire-dtype"]), planned, store)
 
 
@@ -339,8 +339,8 @@ def save_local(node: Node, context: Context, rnd: int) -> None:
 
 def restore_local(node: Node, context: Context, config: ConfigRecord, metrics: dict[str, Any]) -> None:
     """Setup of a personalised method: a resumed run takes the node's personal tensors from its own disk as
-    of the server's checkpoint (``resume-round``); a new run clears what an earlier one with this config left.
-    The reply says whether the node has a store and which round it restored, for the server to check."""
+    of the server's checkpoint (``resume-round``; a new run has a new run id, so an empty store). The reply says
+    whether the node has a store and which round it restored, for the server to check."""
     names = set(node.fed.method.local_names(node.fed.adapted))
     if not names:
         return
@@ -348,7 +348,6 @@ def restore_local(node: Node, context: Context, config: ConfigRecord, metrics: d
     if node.store is None:
         return
     if "resume-round" not in config:
-        node_store.clear(node.store)
         return
     rnd, own = node_store.restore(node.store, record_int(config, "resume-round", "setup config"), node.fed.adapted.shapes(), names)
     if own:
@@ -402,7 +401,8 @@ def setup(msg: Message, context: Context) -> Message:
         del context.state.config_records[STATE_BASE]
     if STATE_TRAINER in context.state.config_records and json.loads(str(c["fedsb-config"]))["dp"]["mode"] == "off":
         del context.state.config_records[STATE_TRAINER]  # a DP accountant is never dropped by a new setup
-    context.state[STATE_META] = ConfigRecord({"config": str(c["fedsb-config"]), "wire-dtype": str(c["wire-dtype"])})
+    context.state[STATE_META] = ConfigRecord({"config": str(c["fedsb-config"]), "wire-dtype": str(c["wire-dtype"]),
+                                              "run-id": str(c.get("run-id", ""))})
     node = load_node(context)
     metrics: dict[str, Any] = {"partition-id": node.partition, "num-examples": len(node.fed.shards[node.client])}
     restore_local(node, context, c, metrics)
@@ -470,7 +470,9 @@ def train(msg: Message, context: Context) -> Message:
     reply = RecordDict({
         "arrays": to_record(upload, node.wire),
         "metrics": MetricRecord({**scalar_metrics(metrics), "num-examples": len(node.fed.shards[node.client]),
-                                 "partition-id": node.partition}),
+                                 "partition-id": node.partition,
+                                 # a personalised node's newest saved tensors: what a resume must restore at least
+                                 **({"local-round": node_store.latest_round(node.store)} if node.store is not None else {})}),
     })
     if "dp-history" in metrics:  # sample-level DP: the node's whole accountant history, for the server's report
         reply["dp"] = ConfigRecord({"history": str(metrics["dp-history"])})

@@ -5,15 +5,16 @@ A resume is a new Flower run, whose ``Context.state`` starts empty; the server h
 must not), so without this store a resumed node would restart them from their initial values. The directory is
 the node operator's choice, never the server's: ``state-dir`` in the node config, else the environment variable
 ``FEDSB_NODE_STATE_DIR`` (``fedsb.flower.simulate`` sets it under the run directory, since one person runs every
-party there). Layout: ``<dir>/<run-key>/partition-<p>/round-<r>.safetensors``, ``run-key`` a hash of the
-server's run config (a resume must use the same config, so it finds the same files).
+party there). Layout: ``<dir>/<run-id>/partition-<p>/round-<r>.safetensors``, ``run-id`` the random id the server
+draws for a run and keeps in its checkpoint (so a resume finds the same files, and another run, even with the
+same config, never touches them).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
+import secrets
 from pathlib import Path
 
 from flwr.app import Context
@@ -25,15 +26,26 @@ from fedsb.io.state_io import load_tensors, save_tensors
 STATE_DIR_KEY = "state-dir"
 STATE_DIR_ENV = "FEDSB_NODE_STATE_DIR"
 _ROUND_FILE = re.compile(r"round-(\d+)\.safetensors")
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
-def store_dir(context: Context, config_json: str, partition: int) -> Path | None:
-    """This node's directory for the run of ``config_json`` (None: the node keeps nothing on disk)."""
+def new_run_id() -> str:
+    return secrets.token_hex(16)
+
+
+def store_dir(context: Context, run_id: str, partition: int) -> Path | None:
+    """This node's directory for run ``run_id`` (None: the node keeps nothing on disk)."""
     root = context.node_config.get(STATE_DIR_KEY) or os.environ.get(STATE_DIR_ENV)
     if not root:
         return None
-    key = hashlib.sha256(config_json.encode()).hexdigest()[:16]
-    return Path(str(root)).expanduser() / key / f"partition-{partition}"
+    if not _RUN_ID.fullmatch(run_id):  # it names a directory: nothing but 32 hex digits
+        raise FedsbError(f"the server sent run id {run_id[:40]!r}, which is not 32 hex digits; server and node fedsb versions differ")
+    return Path(str(root)).expanduser() / run_id / f"partition-{partition}"
+
+
+def latest_round(store: Path) -> int:
+    """The round of the newest tensors saved (0: none)."""
+    return (saved_rounds(store) or [0])[-1]
 
 
 def saved_rounds(store: Path) -> list[int]:
@@ -74,8 +86,3 @@ def restore(store: Path, upto: int, shapes: dict[str, tuple[int, ...]], names: s
                          "or point the node's state-dir elsewhere")
     return kept[-1], own
 
-
-def clear(store: Path) -> None:
-    """A new (not resumed) run with the same config starts from nothing."""
-    for r in saved_rounds(store):
-        _path(store, r).unlink(missing_ok=True)

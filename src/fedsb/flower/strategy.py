@@ -42,6 +42,7 @@ from fedsb.core.rounds import BaseVersions, cached, complete_row, gated_rounds, 
 from fedsb.core.summary import run_summary
 from fedsb.core.validation import UpdateValidator
 from fedsb.errors import FedsbError
+from fedsb.flower import node_store
 from fedsb.flower.records import array_record, dumps, from_record, record_int, record_size, to_record
 from fedsb.flower.wire import MeteredGrid, summarise
 from fedsb.init.sources import get_init_source
@@ -110,6 +111,9 @@ class FedsbStrategy(Strategy):
         # Over Flower the nodes keep their own tensors (FedSA-LoRA's B) in their Context.state; the server holds none.
         self.local_state: dict[int, dict[str, torch.Tensor]] = {}
         self.local_start: dict[str, torch.Tensor] = {}
+        # Where they keep them on disk (fedsb.flower.node_store): this run's random id, which a resume reuses, and
+        # each partition's newest saved round as it reported it (checkpointed; a resume must restore at least that).
+        self.node_stores: dict[str, Any] = {"run_id": node_store.new_run_id(), "local_rounds": {}}
         self.personal_replies: tuple[list[tuple[int, dict[str, float]]], list[tuple[int, dict[str, float]]]] | None = None
         if self.options.secagg and not self.method.additive:
             raise FedsbError(
@@ -165,7 +169,8 @@ class FedsbStrategy(Strategy):
         source = get_init_source(cfg.init.source, cfg.init.eta)
         want_init = fed.method.gradient_init and source.federated and not resume
         cfg_json = self._fed_config()
-        setup_cfg: dict[str, Any] = {"fedsb-config": cfg_json, "wire-dtype": self.options.wire_dtype, "want-init": want_init}
+        setup_cfg: dict[str, Any] = {"fedsb-config": cfg_json, "wire-dtype": self.options.wire_dtype, "want-init": want_init,
+                                     "run-id": self.node_stores["run_id"]}
         if resume:  # nodes of a personalised method restore their own tensors as of this round
             setup_cfg["resume-round"] = resumed_at
         if resume and self.dp is not None:  # each node keeps the longer of this record and its own accountant
@@ -195,7 +200,7 @@ class FedsbStrategy(Strategy):
             raise FedsbError(f"{len(self.node_of)} of {cfg.federation.clients} partitions answered the setup round; check the SuperNode logs")
         self.validator.declare({str(p): n for p, n in self.examples.items()})  # every round's count must match
         if resume:
-            self.check_restored(replies, resumed_at)
+            self.check_restored(replies)
             return
         client_messages = [init_msgs[p] for p in sorted(init_msgs)] if want_init else None
         if client_messages and isinstance(self.dp, ClientLevelDP):
@@ -215,10 +220,10 @@ class FedsbStrategy(Strategy):
                 **{k: v for k, v in wire.items()}}
         self._emit(row0)
 
-    def check_restored(self, replies: list[Message], resumed_at: int) -> None:
-        """A resume of a personalised method: refuse when a node keeps its own tensors only in memory (they would
-        restart from their initial values), and say so when a node restored an older round than the schedule had
-        it train (right if it failed that round; otherwise its store lost rounds)."""
+    def check_restored(self, replies: list[Message]) -> None:
+        """A resume of a personalised method: refuse when a node keeps its own tensors only in memory, or restored
+        an older round than it reported having saved (its store lost rounds, or is another directory): either way
+        its tensors would silently restart from older values."""
         if not self.method.local_names(self.fed.adapted):
             return
         for r in replies:
@@ -230,11 +235,14 @@ class FedsbStrategy(Strategy):
                     "restart them from their initial values; start its SuperNode with --node-config 'state-dir=DIR' "
                     "(or FEDSB_NODE_STATE_DIR) from the first run on, or start the run afresh"
                 )
-            scheduled = [k for k in range(1, resumed_at + 1) if pid in self.fed.sample_clients(k)]
             held = record_int(m, "local-round", f"setup reply of partition {pid}")
-            if scheduled and held < scheduled[-1]:
-                print(f"[fedsb] partition {pid} restored its own tensors from round {held} but was scheduled in round "
-                      f"{scheduled[-1]}: right if it failed that round, otherwise its state-dir lost rounds")
+            saved = int(self.node_stores["local_rounds"].get(str(pid), 0))
+            if held < saved:
+                raise FedsbError(
+                    f"flower.resume: partition {pid} restored its own {self.method.name} tensors from round {held} but reported "
+                    f"saving them after round {saved}; its state-dir lost rounds or is another directory: give it back its "
+                    "state-dir, or start the run afresh"
+                )
 
     def sync(self, grid: MeteredGrid, next_round: int, resume: bool = False) -> None:
         """Send the one-time tensors (Fed-SB's B and A) to every node. Nodes have just been set up, so they hold
@@ -347,7 +355,10 @@ class FedsbStrategy(Strategy):
                 what = f"upload of client {pid}"
                 payload = from_record(array_record(r.content, "arrays", what), self.options.wire_dtype, shapes, what=what)
                 m = r.content["metrics"]
-                metrics = {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and k not in ("num-examples", "partition-id")}
+                metrics = {k: float(v) for k, v in m.items() if isinstance(v, (int, float))
+                           and k not in ("num-examples", "partition-id", "local-round")}
+                if "local-round" in m:  # a personalised node's newest saved tensors (check_restored)
+                    self.node_stores["local_rounds"][str(pid)] = record_int(m, "local-round", what)
                 n = m["num-examples"]
             except (FedsbError, KeyError, TypeError, ValueError) as e:
                 failed.append({"client": str(pid), "reason": str(e)})
@@ -397,7 +408,7 @@ class FedsbStrategy(Strategy):
         assert self.state is not None
         msgs, downs = [], []
         for pid, down, content in self._base_messages(sorted(self.node_of)):
-            final = server_round == (self.final_round or self.cfg.federation.rounds)  # personalised nodes export their own model
+            final = server_round in (self.final_round, self.cfg.federation.rounds)  # personalised nodes export their own model
             content["config"] = ConfigRecord({"server-round": server_round, "base-round": self.state.round, "final": final})
             msgs.append(self._message(content, self.node_of[pid], MessageType.EVALUATE))
             downs.append(down)

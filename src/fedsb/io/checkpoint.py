@@ -132,6 +132,8 @@ def save_checkpoint(run_dir: str | Path, sim: Resumable) -> Path:
         "python_random": _python_rng_state(),
         "numpy_random": _numpy_rng_state(),
         "trainer_state": sim.trainer.state_dict(),
+        # Over Flower: the run id the nodes file their own tensors under, and each node's newest saved round.
+        "node_stores": getattr(sim, "node_stores", None),
     }
     try:
         meta_json = json.dumps(meta, allow_nan=True)
@@ -228,6 +230,9 @@ def restore_checkpoint(sim: Resumable, ckpt: Checkpoint) -> int:
     sim.init_seconds = float(ckpt.meta["init_seconds"])
     if hasattr(sim, "_next_payload"):
         del sim._next_payload  # recomputed from the restored server state
+    if ckpt.meta.get("node_stores") is not None and hasattr(sim, "node_stores"):
+        stores = ckpt.meta["node_stores"]
+        sim.node_stores = {"run_id": str(stores["run_id"]), "local_rounds": {str(k): int(v) for k, v in stores["local_rounds"].items()}}
     trainer_state = ckpt.meta.get("trainer_state")
     if trainer_state is not None:
         sim.trainer.load_state_dict(trainer_state)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 from torch import Tensor
@@ -337,7 +337,7 @@ def save_local(node: Node, context: Context, rnd: int) -> None:
                 node_store.save_round(node.store, rnd, mine)
 
 
-def restore_local(node: Node, context: Context, config: ConfigRecord, metrics: dict[str, Any]) -> None:
+def restore_local(node: Node, context: Context, config: ConfigRecord | ArrayRecord | MetricRecord, metrics: dict[str, Any]) -> None:
     """Setup of a personalised method: a resumed run takes the node's personal tensors from its own disk as
     of the server's checkpoint (``resume-round``; a new run has a new run id, so an empty store). The reply says
     whether the node has a store and which round it restored, for the server to check."""

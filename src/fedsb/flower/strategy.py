@@ -46,6 +46,7 @@ from fedsb.flower import node_store
 from fedsb.flower.records import array_record, dumps, from_record, record_int, record_size, to_record
 from fedsb.flower.wire import MeteredGrid, summarise
 from fedsb.init.sources import get_init_source
+from fedsb.methods import METHODS
 from fedsb.methods.base import ClientUpdate, ServerState
 from fedsb.privacy import DPTrainer, make_dp_trainer
 from fedsb.privacy.client_dp import ClientLevelDP
@@ -118,8 +119,8 @@ class FedsbStrategy(Strategy):
         if self.options.secagg and not self.method.additive:
             raise FedsbError(
                 f"flower.secagg: {self.method.name} cannot use secure aggregation, because its server needs each "
-                f"client's individual tensors ({'the products B_i A_i for the exact residual' if self.method.name == 'fedex-lora' else 'the factors A_i, B_i to stack'}), "
-                "not only their sum; use fed-sb, ffa-lora or fedit, or set flower.secagg = false"
+                f"client's individual tensors ({self.method.server_needs}), "
+                f"not only their sum; use {', '.join(n for n, m in METHODS.items() if m.additive)}, or set flower.secagg = false"
             )
 
     # --- helpers -----------------------------------------------------------------------------------

@@ -105,6 +105,8 @@ class Method(ABC):
     summary: ClassVar[str]
     #: Uploads are only ever summed (no products of client tensors): secure aggregation and client-level DP apply.
     additive: ClassVar[bool] = False
+    #: For a method that is not additive: what its server needs from each client beyond the sum (error messages).
+    server_needs: ClassVar[str] = "each client's individual tensors"
     #: Aggregation also yields a base-weight increment (``ServerState.pending``) every client folds in once.
     base_updates: ClassVar[bool] = False
     #: The adapters start from the gradient-based LoRA-SB init (a setup round that may read client data).

@@ -22,6 +22,7 @@ class FedExLoRA(Method):
     """
 
     name = "fedex-lora"
+    server_needs = "the products B_i A_i for the exact residual"
     adapter_mode = "lora"
     exact = True
     base_updates = True

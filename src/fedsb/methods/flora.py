@@ -19,6 +19,7 @@ class FLoRA(Method):
     """
 
     name = "flora"
+    server_needs = "the factors A_i, B_i to stack"
     adapter_mode = "lora"
     exact = True
     base_updates = True

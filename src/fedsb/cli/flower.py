@@ -57,6 +57,8 @@ def _report(console: Console, summary: dict[str, Any], out: Path) -> None:
         tls = ", TLS + SuperNode auth" if d.get("tls_and_supernode_auth") else ""
         console.print(f"deployment: {d['supernodes']} SuperNodes{tls}, up in {d['startup_seconds']} s, wall {d['wall_seconds']} s")
     console.print(f"results in {out}/ (summary.json, metrics.jsonl with wire_* fields per round, wire.json, adapter/)")
+    if (out / "node-state").is_dir():  # a personalised method: each node's own model, written on its side
+        console.print(f"each node's own model: {out}/node-state/*/<run id>/partition-<i>/adapter/")
 
 
 def _resolve(config: str | None, overrides: list[tuple[str, str]], resume: bool = False) -> Any:

@@ -133,6 +133,7 @@ class LocalDeployment:
     secure: bool = False
     credentials: Credentials | None = None
     pins: dict[str, str] = field(default_factory=dict)  # node-config pins (model-name, task): see clientapp.check_pins
+    state_root: Path | None = None  # where SuperNode i keeps its own tensors: <state_root>/supernode<i> (default: under home)
     ports: list[int] = field(default_factory=list)
     procs: list[subprocess.Popen] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
@@ -184,8 +185,8 @@ class LocalDeployment:
     def node_config(self, i: int) -> str:
         """SuperNode ``i``'s ``--node-config``: its partition, its own disk for the tensors it never sends, its own
         data file if any, and the pins with which it refuses a server config naming another model or task."""
-        parts = [f"partition-id={i}", f"num-partitions={self.supernodes}",
-                 f"state-dir={toml_value(str(self.home / f'supernode{i}' / 'state'))}"]  # its personal tensors
+        state = self.state_root / f"supernode{i}" if self.state_root else self.home / f"supernode{i}" / "state"
+        parts = [f"partition-id={i}", f"num-partitions={self.supernodes}", f"state-dir={toml_value(str(state))}"]
         if self.data_paths:
             parts.append(f"data-path={toml_value(self.data_paths[i])}")
         parts += [f"{k}={toml_value(v)}" for k, v in self.pins.items()]
@@ -295,7 +296,9 @@ def deploy_run(cfg: Any, options: Any, supernodes: int, home: str | Path | None 
     t0 = time.time()
     # Every SuperNode pins the model and task it agreed to train: a server config naming others is refused.
     pins = {"model-name": cfg.model.name, "task": str(Path(cfg.task.path).resolve()) if cfg.task.path else cfg.task.name}
-    dep = LocalDeployment(supernodes, base, secure=secure, pins=pins)
+    # Every SuperNode keeps the tensors it never sends (FedSA-LoRA's B) under the run directory, which outlives
+    # this deployment's home, so that --resume finds them.
+    dep = LocalDeployment(supernodes, base, secure=secure, pins=pins, state_root=out / "node-state")
     try:
         dep.start()
         t_up = time.time() - t0

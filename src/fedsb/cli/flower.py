@@ -58,7 +58,7 @@ def _report(console: Console, summary: dict[str, Any], out: Path) -> None:
         console.print(f"deployment: {d['supernodes']} SuperNodes{tls}, up in {d['startup_seconds']} s, wall {d['wall_seconds']} s")
     console.print(f"results in {out}/ (summary.json, metrics.jsonl with wire_* fields per round, wire.json, adapter/)")
     if (out / "node-state").is_dir():  # a personalised method: each node's own model, written on its side
-        console.print(f"each node's own model: {out}/node-state/*/<run id>/partition-<i>/adapter/")
+        console.print(f"each node's own model: {out}/node-state/.../partition-<i>/adapter/")
 
 
 def _resolve(config: str | None, overrides: list[tuple[str, str]], resume: bool = False) -> Any:

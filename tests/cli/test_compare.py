@@ -217,6 +217,8 @@ def test_resume_keeps_finished_runs_and_refuses_other_settings(tmp_path: Path, m
     again = compare(tiny_config(out=str(tmp_path / "t"), federation={"rounds": 1}), spec, progress=False, resume=True)
     assert ran == ["ffa-lora"]
     assert [(r["method"], r["accuracy_mean"]) for r in again] == [(r["method"], r["accuracy_mean"]) for r in first]
+    # the wall time reported is this invocation's, and says it covers 1 of the 2 runs
+    assert "for the 1 runs of this invocation (1 more were finished by an interrupted one" in (tmp_path / "t" / "compare.md").read_text()
     with pytest.raises(UsageError, match="other settings"):
         compare(tiny_config(out=str(tmp_path / "t"), federation={"rounds": 2}), spec, progress=False, resume=True)
     with pytest.raises(UsageError, match="--resume"):

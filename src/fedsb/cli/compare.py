@@ -277,8 +277,9 @@ def finished_run(job: Job) -> RunResult | None:
 
 
 def run_or_reuse(cfg: RunConfig, jobs: list[Job], workers: int, on_result: Callable[[RunResult], None],
-                 resume: bool) -> None:
-    """:func:`run_jobs`, after handing ``on_result`` the jobs an interrupted comparison finished (``resume``)."""
+                 resume: bool) -> int:
+    """:func:`run_jobs`, after handing ``on_result`` the jobs an interrupted comparison finished (``resume``);
+    returns how many were reused."""
     todo = []
     for j in jobs:
         done = finished_run(j) if resume else None
@@ -288,6 +289,7 @@ def run_or_reuse(cfg: RunConfig, jobs: list[Job], workers: int, on_result: Calla
             todo.append(j)
     if todo:
         run_jobs(cfg, todo, min(workers, len(todo)), on_result)
+    return len(jobs) - len(todo)
 
 
 def run_jobs(cfg: RunConfig, jobs: list[Job], workers: int, on_result: Callable[[RunResult], None]) -> None:
@@ -453,7 +455,11 @@ def cpu_seconds() -> float:
 
 
 def write_report(out: Path, rows: list[dict[str, Any]], results: list[RunResult], header: str, wall: float,
-                 cpu: float | None = None) -> None:
+                 cpu: float | None = None, reused: int = 0) -> None:
+    """``compare.md``/``.csv``/``.json``; ``wall`` and ``cpu`` are this invocation's, which after ``--resume``
+    ran only ``len(results) - reused`` of the runs."""
+    runs = f"{len(results)} runs" if not reused else \
+        f"the {len(results) - reused} runs of this invocation ({reused} more were finished by an interrupted one, --resume)"
     md = [
         "# fedsb compare",
         "",
@@ -467,7 +473,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], results: list[RunResult]
         "Wall: mean seconds per run.",
         "",
         markdown_table(rows),
-        f"Total wall time: {wall:.0f} s for {len(results)} runs"
+        f"Total wall time: {wall:.0f} s for {runs}"
         + (f"; CPU time {cpu:.0f} s (user + system, all workers)." if cpu is not None else "."),
         "",
         "![accuracy vs communication](compare.png)",
@@ -477,6 +483,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], results: list[RunResult]
     atomic_write_text(out / "compare.csv", csv_text(rows))
     write_json(out / "compare.json", {
         "header": header, "wall_seconds": round(wall, 2), "cpu_seconds": None if cpu is None else round(cpu, 1),
+        "runs_reused": reused,
         "rows": rows,
         "runs": [{"method": r.method, "rank": r.rank, "seed": r.seed, "dir": str(r.run_dir.relative_to(out)),
                   "accuracy": accuracy_of(r.summary), "wall_seconds": r.summary["wall_seconds"]} for r in results],
@@ -676,8 +683,9 @@ def compare(
                   f"in {r.summary['wall_seconds']:.1f} s")
         write_report(rundir.path, summarise(results, spec), results, header, time.perf_counter() - t_start)
 
+    n_reused = 0
     try:
-        run_or_reuse(cfg, jobs, workers, on_result, resume)
+        n_reused = run_or_reuse(cfg, jobs, workers, on_result, resume)
     finally:
         bar.close()
     wall, cpu = time.perf_counter() - t_start, cpu_seconds() - cpu_start
@@ -685,9 +693,10 @@ def compare(
     first = results[0].summary
     title = f"{first.get('task', cfg.task.name)}: accuracy vs communication ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
     header = f"model {first.get('model', cfg.model.name)}, task {first.get('task', cfg.task.name)}, {header}"
-    write_report(rundir.path, rows, results, header, wall, cpu)
+    write_report(rundir.path, rows, results, header, wall, cpu, n_reused)
     plot_pareto(rows, rundir.path / "compare.png", title)
     print(markdown_table(rows), end="")
-    console.print(f"[bold green]done[/bold green] in {wall:.0f} s (CPU {cpu:.0f} s); results in {rundir.path}/ "
+    again = f" for {len(results) - n_reused} runs ({n_reused} reused)" if n_reused else ""
+    console.print(f"[bold green]done[/bold green] in {wall:.0f} s{again} (CPU {cpu:.0f} s); results in {rundir.path}/ "
                   "(compare.md, compare.csv, compare.json, compare.png, runs/*/summary.json)")
     return rows

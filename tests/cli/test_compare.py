@@ -91,6 +91,7 @@ def test_cli_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
         (["--workers", "1,2"], "one number"),
         (["--rank", "8"], "--fedsb-ranks"),
         (["--method", "fedit"], "--methods"),
+        (["--task.evaluate_on", "validation"], "the table is always on test"),
     ],
 )
 def test_bad_arguments(args: list[str], needle: str) -> None:

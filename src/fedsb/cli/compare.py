@@ -57,7 +57,8 @@ DEFAULT_FEDSB_RANKS = (4, 8, 16)
 DEFAULT_LORA_RANK = 8
 DEFAULT_SEEDS = 3
 # Keys compare sets itself: a plain override would be silently replaced, so refuse it with the right flag.
-REPLACED_KEYS = {"method": "--methods", "rank": "--fedsb-ranks / --lora-rank", "adapter.rank": "--fedsb-ranks / --lora-rank"}
+REPLACED_KEYS = {"method": "--methods", "rank": "--fedsb-ranks / --lora-rank", "adapter.rank": "--fedsb-ranks / --lora-rank",
+                 "task.evaluate_on": "--tune-lr (which scores on the validation slice; the table is always on test)"}
 
 
 @dataclass

@@ -345,9 +345,7 @@ def restore_local(node: Node, context: Context, config: ConfigRecord | ArrayReco
     if not names:
         return
     metrics["local-store"] = int(node.store is not None)
-    if node.store is None:
-        return
-    if "resume-round" not in config:
+    if node.store is None or "resume-round" not in config:
         return
     rnd, own = node_store.restore(node.store, record_int(config, "resume-round", "setup config"), node.fed.adapted.shapes(), names)
     if own:
@@ -361,15 +359,10 @@ def export_personal(node: Node) -> None:
     """The node's own final model (shared A, its B and task head), written where only it can read it: its
     store, as ``adapter_state.safetensors`` and the PEFT adapter ``adapter/`` (the simulator writes the same
     as ``adapter-client-<i>/``)."""
-    from fedsb.io.export import export_peft
-    from fedsb.io.state_io import save_tensors
+    from fedsb.io.outputs import save_model
 
-    fed = node.fed
-    if node.store is None:
-        return
-    meta = {"method": fed.cfg.method, "rank": str(fed.cfg.adapter.rank)}
-    save_tensors(node.store / "adapter_state.safetensors", fed.adapted.get_state(), metadata=meta)
-    export_peft(fed.adapted, node.store / "adapter", fed.loaded.source, "SEQ_CLS" if fed.loaded.kind == "classification" else "CAUSAL_LM")
+    if node.store is not None:
+        save_model(node.fed, node.store / "adapter_state.safetensors", node.store / "adapter")
 
 
 def node_refusal(node: Node, context: Context, rnd: int) -> str | None:
